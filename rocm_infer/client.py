@@ -1,0 +1,428 @@
+"""HTTP and SSE client for one llama-server, on aiohttp.
+
+This layer knows llama-server's HTTP API and nothing of models, configs or
+tokens: requests take plain ``dict`` bodies and return decoded JSON values.
+Every aiohttp and socket error is translated here, once, into the SDK's own
+exceptions (``raise ... from exc``); aiohttp types never reach a caller.
+
+Streams are objects that own their HTTP response. Closing one (``aclose()``,
+leaving ``async with``, breaking out of ``async for`` and dropping it, or
+cancelling the task that reads it) closes the TCP connection at once, which
+is how llama-server learns to stop generating and free the slot.
+
+llama-server closes the connection after every streamed response even though
+it advertises keep-alive, so a pooled connection can be dead when reused. The
+client therefore never reuses connections (``force_close``): on loopback a new
+connection costs tens of microseconds, far less than a retry.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+
+from .errors import (
+    APIError,
+    ConnectionError,
+    ContextLengthError,
+    ModelClosedError,
+    ProtocolError,
+    TimeoutError,
+)
+from .sse import SSEDecoder, SSELineTooLongError
+
+__all__ = ["EventStream", "LlamaServerClient"]
+
+logger = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+# How a streamed response says it is complete: OpenAI-style streams send a
+# final "data: [DONE]"; llama-server's native /completion sends an event with
+# "stop": true and nothing after it.
+Terminator = Literal["done", "stop"]
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def _error_from_payload(payload: object, *, status: int | None, url: str) -> APIError:
+    """Build the APIError (or ContextLengthError) for a llama-server error body."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "llama-server returned an error")
+        kind = error.get("type")
+        code = error.get("code")
+        if status is None and isinstance(code, int):
+            status = code
+        if kind == "exceed_context_size_error":
+            prompt_tokens = error.get("n_prompt_tokens")
+            context_len = error.get("n_ctx")
+            return ContextLengthError(
+                message,
+                prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+                context_len=context_len if isinstance(context_len, int) else None,
+                status=status,
+                type=kind,
+                url=url,
+                body=payload,
+            )
+        return APIError(message, status=status, type=str(kind) if kind else None, url=url, body=payload)
+    if isinstance(error, str):
+        return APIError(error, status=status, url=url, body=payload)
+    text = payload if isinstance(payload, str) else json.dumps(payload)[:500]
+    return APIError(text or "llama-server returned an error", status=status, url=url, body=payload)
+
+
+def _translate(exc: BaseException, url: str) -> Exception:
+    """Map an aiohttp/OS/asyncio exception to the SDK's exception."""
+    if isinstance(exc, aiohttp.ServerTimeoutError | builtins.TimeoutError):
+        return TimeoutError(f"timed out talking to llama-server at {url}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ProtocolError(f"llama-server response body broke off ({url}): {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return APIError(exc.message, status=exc.status, url=url)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ConnectionError(f"connection to llama-server failed ({url}): {exc}", url=url)
+    return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}")
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
+    if response.status < 400:
+        return
+    try:
+        raw = await response.content.read(_MAX_ERROR_BODY)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        raw = b""
+    finally:
+        response.close()
+    try:
+        payload: object = json.loads(raw)
+    except ValueError:
+        payload = raw.decode("utf-8", "replace").strip() or response.reason or ""
+    raise _error_from_payload(payload, status=response.status, url=url)
+
+
+class LlamaServerClient:
+    """Talks to one llama-server over HTTP.
+
+    ``api_key`` is sent as a bearer token and never appears in reprs, logs or
+    errors. ``session`` lets a caller share an ``aiohttp.ClientSession``; the
+    client closes only a session it created itself. ``timeout`` bounds each
+    non-streaming request; ``idle_timeout`` bounds the silence between two
+    reads of a stream (``None``: wait forever). Both raise
+    :class:`~rocm_infer.errors.TimeoutError`.
+
+    Use it as an async context manager or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        idle_timeout: float | None = 120.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        self._request_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
+
+    def __repr__(self) -> str:
+        return f"LlamaServerClient({self.base_url!r}{', closed' if self._closed else ''})"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ModelClosedError("the llama-server client is closed")
+        if self._session is None:
+            # Created on first use, inside the running loop: nothing at import or construction.
+            connector = aiohttp.TCPConnector(force_close=True, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None, limits: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return the response once its status is known good."""
+        url = self.base_url + path
+        session = self._get_session()
+        try:
+            response = await session.request(method, url, json=body, headers=self._headers, timeout=limits)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(exc, url) from exc
+        await _raise_for_status(response, url)
+        return response
+
+    async def request_json(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """Send a non-streaming request and return its decoded JSON body."""
+        url = self.base_url + path
+        response = await self._send(method, path, body, self._request_timeout)
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _translate(exc, url) from exc
+        finally:
+            response.close()
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"llama-server sent invalid JSON from {path}: {raw[:200]!r}") from exc
+        if isinstance(payload, dict) and "error" in payload:
+            raise _error_from_payload(payload, status=None, url=url)
+        return payload
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    async def health(self) -> JSON:
+        """GET /health. Returns ``{"status": "ok"}``; raises APIError with
+        ``status == 503`` while the model is still loading."""
+        result: JSON = await self.request_json("GET", "/health")
+        return result
+
+    async def props(self) -> JSON:
+        """GET /props: server settings, model path, chat template, slot count."""
+        result: JSON = await self.request_json("GET", "/props")
+        return result
+
+    async def models(self) -> JSON:
+        """GET /v1/models."""
+        result: JSON = await self.request_json("GET", "/v1/models")
+        return result
+
+    async def slots(self) -> list[JSON]:
+        """GET /slots: the state of every slot."""
+        result: list[JSON] = await self.request_json("GET", "/slots")
+        return result
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """POST /tokenize. Returns the token ids of ``text``."""
+        result = await self.request_json("POST", "/tokenize", {"content": text, "add_special": add_special})
+        tokens: list[int] = result["tokens"]
+        return tokens
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """POST /detokenize. Returns the text of ``tokens``."""
+        result = await self.request_json("POST", "/detokenize", {"tokens": tokens})
+        content: str = result["content"]
+        return content
+
+    async def completion(self, body: Mapping[str, Any]) -> JSON:
+        """POST /completion without streaming; returns the final result."""
+        result: JSON = await self.request_json("POST", "/completion", {**body, "stream": False})
+        return result
+
+    def stream_completion(self, body: Mapping[str, Any]) -> EventStream:
+        """POST /completion (llama-server's native API) streamed. Each event
+        carries ``content`` and ``tokens`` (the token ids); the last has
+        ``"stop": true`` with ``timings``."""
+        return EventStream(self, "/completion", {**body, "stream": True}, terminator="stop")
+
+    def stream_openai_completion(self, body: Mapping[str, Any]) -> EventStream:
+        """POST /v1/completions streamed (OpenAI format, ends with ``[DONE]``)."""
+        return EventStream(self, "/v1/completions", {**body, "stream": True}, terminator="done")
+
+    def stream_chat_completion(self, body: Mapping[str, Any]) -> EventStream:
+        """POST /v1/chat/completions streamed (OpenAI format, ends with ``[DONE]``)."""
+        return EventStream(self, "/v1/chat/completions", {**body, "stream": True}, terminator="done")
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this client created it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    async def __aenter__(self) -> LlamaServerClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class EventStream:
+    """The decoded JSON events of one streamed response.
+
+    The request is sent on the first read (or on ``async with``). Iterate with
+    ``async for``, or call :meth:`read_batch` to take every event that one
+    network read produced. Raises :class:`~rocm_infer.errors.APIError` for an
+    HTTP error or an in-band ``{"error": ...}`` event (after the events before
+    it), :class:`~rocm_infer.errors.ProtocolError` for malformed data or a body
+    that ends before the stream's terminator, and the SDK's ConnectionError or
+    TimeoutError for transport failures. In every one of those cases, and on
+    :meth:`aclose` or cancellation, the response is closed.
+    """
+
+    __slots__ = (
+        "_client",
+        "_path",
+        "_body",
+        "_terminator",
+        "_response",
+        "_decoder",
+        "_pending",
+        "_error",
+        "_done",
+        "_closed",
+        "__weakref__",
+    )
+
+    def __init__(
+        self, client: LlamaServerClient, path: str, body: Mapping[str, Any], *, terminator: Terminator
+    ) -> None:
+        self._client = client
+        self._path = path
+        self._body = body
+        self._terminator = terminator
+        self._response: aiohttp.ClientResponse | None = None
+        self._decoder = SSEDecoder()
+        self._pending: deque[JSON] = deque()
+        self._error: Exception | None = None
+        self._done = False  # the terminator was seen
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return self._client.base_url + self._path
+
+    @property
+    def completed(self) -> bool:
+        """True once the stream's terminator was received."""
+        return self._done
+
+    async def open(self) -> None:
+        """Send the request now (reads do it on demand)."""
+        if self._response is None and not self._closed:
+            try:
+                self._response = await self._client._send("POST", self._path, self._body, self._client._stream_timeout)
+            except BaseException:
+                self._closed = True
+                raise
+
+    async def read_batch(self) -> list[JSON]:
+        """Return the next events: at least one, all that are already decoded.
+
+        Returns an empty list when the stream is complete.
+        """
+        while not self._pending:
+            if self._error is not None:
+                error, self._error = self._error, None
+                self.close()
+                raise error
+            if self._done or self._closed:
+                return []
+            if self._response is None:
+                await self.open()
+                if self._response is None:
+                    return []
+            await self._read_more(self._response)
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    async def _read_more(self, response: aiohttp.ClientResponse) -> None:
+        try:
+            chunk = await response.content.readany()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, aiohttp.ClientError | OSError | builtins.TimeoutError):
+                raise _translate(exc, self.url) from exc
+            raise
+        try:
+            events = self._decoder.feed(chunk) if chunk else self._decoder.end()
+        except SSELineTooLongError as exc:
+            self.close()
+            raise ProtocolError(f"llama-server sent an over-long SSE line ({self.url}): {exc}") from exc
+        for event in events:
+            self._handle(event.data)
+            if self._done or self._error is not None:
+                break
+        if self._done:
+            # Nothing follows the terminator that we want: free the connection now.
+            self.close()
+        elif not chunk and self._error is None:
+            self.close()
+            expected = "[DONE]" if self._terminator == "done" else 'an event with "stop": true'
+            self._error = ProtocolError(
+                f"llama-server's stream from {self._path} ended before {expected}: the response is incomplete"
+            )
+
+    def _handle(self, data: str) -> None:
+        if data == "[DONE]":
+            self._done = True
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            self._error = ProtocolError(f"llama-server sent an event that is not JSON: {data[:200]!r}")
+            return
+        if not isinstance(payload, dict):
+            self._error = ProtocolError(f"llama-server sent an event that is not a JSON object: {data[:200]!r}")
+            return
+        if "error" in payload:
+            self._error = _error_from_payload(payload, status=None, url=self.url)
+            return
+        self._pending.append(payload)
+        if self._terminator == "stop" and payload.get("stop") is True:
+            self._done = True
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> JSON:
+        if not self._pending:
+            batch = await self.read_batch()
+            if not batch:
+                raise StopAsyncIteration
+            self._pending.extend(batch)
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        """Close the response now, without waiting. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        response, self._response = self._response, None
+        if response is not None:
+            # close() (not release()) drops the connection: llama-server sees the
+            # client go away and stops generating for this request.
+            response.close()
+
+    async def aclose(self) -> None:
+        """Close the response. Idempotent."""
+        self.close()
+
+    async def __aenter__(self) -> EventStream:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped unfinished must not keep llama-server generating.
+        if not self._closed and self._response is not None:
+            self._response.close()

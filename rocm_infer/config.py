@@ -1,0 +1,186 @@
+"""Configuration values: how to load a model and how to generate.
+
+Both are frozen dataclasses validated on construction, so a bad value raises
+``ValueError`` (or ``TypeError`` for a wrong type) before any process starts or
+any request is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+__all__ = ["GenerateConfig", "LoadConfig"]
+
+_C = TypeVar("_C", "GenerateConfig", "LoadConfig")
+
+# Fields of a request body the SDK itself sets; extra_body may not override them.
+_RESERVED_BODY_KEYS = frozenset({"stream", "prompt", "messages", "stream_options"})
+
+
+def _check_int(name: str, value: object, *, minimum: int | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_float(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    optional: bool = False,
+) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+def _merge(cls: type[_C], config: _C | None, options: Mapping[str, Any]) -> _C:
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(f"config must be a {cls.__name__}, not {type(config).__name__}")
+    if options:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown {cls.__name__} option(s) {unknown}; valid options: {sorted(names)}")
+        return dataclasses.replace(config if config is not None else cls(), **options)
+    return config if config is not None else cls()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateConfig:
+    """Sampling and stopping options for one generation.
+
+    ``None`` means llama-server's own default, except ``temperature``, which
+    the SDK always sends (llama-server's default is 0.8; the SDK's is greedy).
+
+    * ``max_tokens``: tokens to generate at most (``None``: until EOS or the
+      context is full).
+    * ``stop``: strings that end the generation; they are not part of the text.
+    * ``stop_tokens``: token ids that end the generation, checked by the SDK
+      as tokens arrive; the stopping token is not yielded.
+    * ``extra_body``: any other llama-server request field, sent as is.
+    """
+
+    max_tokens: int | None = 256
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_tokens: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+    extra_body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        _check_int("max_tokens", self.max_tokens, minimum=1, optional=True)
+        _check_float("temperature", self.temperature, low=0.0)
+        _check_int("top_k", self.top_k, minimum=0, optional=True)
+        _check_float("top_p", self.top_p, low=0.0, high=1.0, optional=True)
+        _check_float("min_p", self.min_p, low=0.0, high=1.0, optional=True)
+        _check_float("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True, optional=True)
+        _check_int("seed", self.seed, minimum=0, optional=True)
+        if not isinstance(self.ignore_eos, bool):
+            raise TypeError(f"ignore_eos must be a bool, not {type(self.ignore_eos).__name__}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, Sequence) or not all(isinstance(s, str) and s for s in stop):
+            raise TypeError("stop must be a string or a sequence of non-empty strings")
+        object.__setattr__(self, "stop", tuple(stop))
+        try:
+            stop_tokens = frozenset(self.stop_tokens)
+        except TypeError:
+            raise TypeError("stop_tokens must be an iterable of token ids") from None
+        for token_id in stop_tokens:
+            _check_int("stop_tokens item", token_id, minimum=0)
+        object.__setattr__(self, "stop_tokens", stop_tokens)
+        if not isinstance(self.extra_body, Mapping):
+            raise TypeError(f"extra_body must be a mapping, not {type(self.extra_body).__name__}")
+        reserved = sorted(_RESERVED_BODY_KEYS.intersection(self.extra_body))
+        if reserved:
+            raise ValueError(f"extra_body may not set {reserved}: the SDK sets them")
+        object.__setattr__(self, "extra_body", MappingProxyType(dict(self.extra_body)))
+
+    @classmethod
+    def build(cls, config: GenerateConfig | None = None, /, **options: Any) -> GenerateConfig:
+        """``config`` with ``options`` applied on top; an unknown option is a TypeError."""
+        return _merge(cls, config, options)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """How to start llama-server for a model.
+
+    * ``context_len``: context window in tokens; 0 means the smaller of the
+      model's own trained context length and 4096.
+    * ``gpu_layers``: layers to offload to the GPU; -1 means all.
+    * ``parallel_slots``: concurrent sequences llama-server serves (its
+      ``--parallel``); 0 leaves llama-server's default.
+    * ``threads``: CPU threads; 0 leaves llama-server's default.
+    * ``devices``: GPU ids; for ROCm they become ``HIP_VISIBLE_DEVICES``.
+    * ``server_path``: the llama-server binary to use, overriding discovery.
+    * ``extra_args``: more llama-server command-line arguments, passed as is.
+    * ``env``: environment variables added for the server process.
+    * ``startup_timeout``: seconds to wait for the server to become healthy.
+    * ``adapter_path``: a LoRA adapter to load with the model.
+    """
+
+    context_len: int = 0
+    gpu_layers: int = -1
+    parallel_slots: int = 0
+    threads: int = 0
+    devices: tuple[int, ...] = ()
+    server_path: str | None = None
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    startup_timeout: float = 60.0
+    adapter_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("context_len", self.context_len, minimum=0)
+        _check_int("gpu_layers", self.gpu_layers, minimum=-1)
+        _check_int("parallel_slots", self.parallel_slots, minimum=0)
+        _check_int("threads", self.threads, minimum=0)
+        _check_float("startup_timeout", self.startup_timeout, low=0.0, low_open=True)
+        devices = tuple(self.devices)
+        for device in devices:
+            _check_int("devices item", device, minimum=0)
+        object.__setattr__(self, "devices", devices)
+        if isinstance(self.extra_args, str) or not all(isinstance(a, str) for a in self.extra_args):
+            raise TypeError("extra_args must be a sequence of strings (one per argument), not a string")
+        object.__setattr__(self, "extra_args", tuple(self.extra_args))
+        if not isinstance(self.env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
+        ):
+            raise TypeError("env must be a mapping of str to str")
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        for name in ("server_path", "adapter_path"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str | os.PathLike):
+                    raise TypeError(f"{name} must be a path, not {type(value).__name__}")
+                object.__setattr__(self, name, os.fspath(value))
+
+    @classmethod
+    def build(cls, config: LoadConfig | None = None, /, **options: Any) -> LoadConfig:
+        """``config`` with ``options`` applied on top; an unknown option is a TypeError."""
+        return _merge(cls, config, options)

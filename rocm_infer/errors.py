@@ -1,0 +1,190 @@
+"""Exceptions raised by rocm_infer.
+
+Every exception the SDK raises on purpose derives from :class:`RocmInferError`.
+Where a builtin exception describes the same failure, the SDK exception also
+inherits it, so ``except FileNotFoundError`` or ``except TimeoutError`` keep
+working::
+
+    RocmInferError
+    ├── BinaryNotFoundError          no usable llama-server binary
+    ├── ModelNotFoundError           (also FileNotFoundError) the model path does not exist
+    ├── InvalidModelError            (also ValueError) the file is not a readable GGUF model
+    ├── ServerError                  the llama-server process failed
+    │   ├── ServerStartError         it exited or never became healthy during start-up
+    │   └── ServerExitedError        it died while the model was in use
+    ├── ConnectionError              (also builtins.ConnectionError) the HTTP connection failed
+    ├── APIError                     llama-server answered with an error
+    │   └── ContextLengthError       the prompt does not fit the context window
+    ├── ProtocolError                the response broke the SSE/JSON protocol
+    ├── TimeoutError                 (also builtins.TimeoutError) a deadline passed
+    └── ModelClosedError             the model was used after close()
+
+Errors carry their context as attributes (``returncode``, ``output_tail``,
+``status``, ``url`` …) as well as in the message. No exception message or
+attribute ever contains the server's API key.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "APIError",
+    "BinaryNotFoundError",
+    "ConnectionError",
+    "ContextLengthError",
+    "InvalidModelError",
+    "ModelClosedError",
+    "ModelNotFoundError",
+    "ProtocolError",
+    "RocmInferError",
+    "ServerError",
+    "ServerExitedError",
+    "ServerStartError",
+    "TimeoutError",
+]
+
+
+class RocmInferError(Exception):
+    """Root of every exception rocm_infer raises on purpose."""
+
+
+class BinaryNotFoundError(RocmInferError):
+    """No usable llama-server binary was found.
+
+    ``searched`` lists the places that were looked at, in order.
+    """
+
+    def __init__(self, message: str, *, searched: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.searched = searched
+
+
+class ModelNotFoundError(RocmInferError, FileNotFoundError):
+    """The model file does not exist."""
+
+    def __init__(self, path: str) -> None:
+        # FileNotFoundError(errno, strerror, filename) fills .filename for callers.
+        super().__init__(2, "model file not found", path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"model file not found: {self.path!r}"
+
+
+class InvalidModelError(RocmInferError, ValueError):
+    """The file exists but is not a GGUF model rocm_infer can read.
+
+    ``offset`` is the byte offset at which reading failed, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class ServerError(RocmInferError):
+    """The llama-server process failed.
+
+    ``returncode`` is the exit status (negative for a signal, ``None`` if it
+    was still running) and ``output_tail`` the last lines it printed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        output_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.output_tail:
+            text += "\n--- last llama-server output ---\n" + self.output_tail
+        return text
+
+
+class ServerStartError(ServerError):
+    """llama-server exited, or never became healthy, while starting."""
+
+
+class ServerExitedError(ServerError):
+    """llama-server died while the model was in use.
+
+    Raised by the stream that was reading when it died, and by every later
+    call on the same model.
+    """
+
+
+class ConnectionError(RocmInferError, builtins.ConnectionError):
+    """The HTTP connection to llama-server failed or broke."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class APIError(RocmInferError):
+    """llama-server answered a request with an error.
+
+    ``status`` is the HTTP status (or ``None`` for an error sent inside a
+    stream), ``type`` llama-server's error type and ``message`` its text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        url: str | None = None,
+        body: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.url = url
+        self.body = body
+
+    def __str__(self) -> str:
+        where = f" (HTTP {self.status})" if self.status is not None else ""
+        kind = f" [{self.type}]" if self.type else ""
+        return f"{self.message}{kind}{where}"
+
+
+class ContextLengthError(APIError):
+    """The prompt (plus the tokens to generate) does not fit the context.
+
+    ``prompt_tokens`` and ``context_len`` are filled in when llama-server
+    reports them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        context_len: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.prompt_tokens = prompt_tokens
+        self.context_len = context_len
+
+
+class ProtocolError(RocmInferError):
+    """A response broke the SSE or JSON protocol (or ended too early)."""
+
+
+class TimeoutError(RocmInferError, builtins.TimeoutError):
+    """A deadline passed (start-up, a request, or a silent stream)."""
+
+
+class ModelClosedError(RocmInferError):
+    """The model (or its server) was used after ``close()``."""

@@ -1,0 +1,334 @@
+"""The llama-server process: start it, watch it, stop it.
+
+:class:`LlamaServer` runs one llama-server with ``asyncio.create_subprocess_exec``
+(arguments as a list, never a shell) bound to 127.0.0.1 on a port the kernel
+picked, with a fresh random API key, and waits until GET /health answers
+``{"status": "ok"}``. Its output is read all the time into a bounded tail
+(and the ``rocm_infer.server`` logger at DEBUG), so the pipe never fills and
+errors can say what llama-server printed last.
+
+The API key reaches llama-server through its ``LLAMA_API_KEY`` environment
+variable rather than ``--api-key``: the effect is the same, but the key does
+not show in ``ps`` output, which every local user can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import anyio
+
+from .client import LlamaServerClient
+from .errors import APIError, ConnectionError, ModelClosedError, ServerStartError, TimeoutError
+
+__all__ = ["LlamaServer"]
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+# Lines llama-server prints when it is (nearly) ready: seeing one makes the
+# health check run at once instead of at the next poll.
+_READY_HINTS = (b"model loaded", b"listening on")
+# The line llama-server prints when its port was taken between our choosing it and it binding it.
+_BIND_FAILED = "couldn't bind"
+
+
+def free_port(host: str = HOST) -> int:
+    """A port the kernel says is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LlamaServer:
+    """One supervised llama-server process.
+
+    ``binary`` is the llama-server executable and ``args`` the arguments that
+    describe the model (``-m``, ``-c`` …); the supervisor adds host, port and
+    API key itself. ``env`` is the process's whole environment (``None``: this
+    process's environment).
+
+    :meth:`start` raises :class:`~rocm_infer.errors.ServerStartError` (with
+    ``returncode`` and ``output_tail``) if the process exits or does not
+    become healthy within ``startup_timeout`` seconds, and leaves no process
+    behind. :meth:`stop` sends SIGTERM, waits ``stop_timeout`` seconds, then
+    SIGKILL, and always reaps; it is idempotent and finishes its work even if
+    the calling task is cancelled.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 5.0,
+        health_interval: float = 0.1,
+        start_attempts: int = 3,
+        tail_lines: int = 100,
+        idle_timeout: float | None = 120.0,
+    ) -> None:
+        self.binary = binary
+        self.args = tuple(args)
+        self._env = dict(env) if env is not None else None
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.health_interval = health_interval
+        self.start_attempts = start_attempts
+        self._idle_timeout = idle_timeout
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._process: asyncio.subprocess.Process | None = None
+        self._exit_task: asyncio.Task[int] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._ready_hint = asyncio.Event()
+        self._client: LlamaServerClient | None = None
+        self._api_key = secrets.token_urlsafe(32)
+        self.port: int | None = None
+        self._stopping = False
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else f"pid={self.pid}" if self._process else "not started"
+        return f"LlamaServer({os.path.basename(self.binary)!r}, port={self.port}, {state})"
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has been reaped, else None."""
+        return self._process.returncode if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None and not self._stopped
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise ModelClosedError("llama-server has not been started")
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def client(self) -> LlamaServerClient:
+        """The HTTP client for this server, authenticated with its API key."""
+        if self._client is None:
+            raise ModelClosedError("llama-server has not been started")
+        return self._client
+
+    @property
+    def output_tail(self) -> str:
+        """The last lines llama-server printed."""
+        return "\n".join(self._tail)
+
+    async def wait_exited(self, within: float) -> int | None:
+        """Wait up to ``within`` seconds for the process to end; its exit status or None."""
+        if self._exit_task is None:
+            return None
+        # builtins.TimeoutError: what wait_for raises (the SDK's TimeoutError is only a subclass of it).
+        with contextlib.suppress(builtins.TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._exit_task), within)
+        return None
+
+    # -- start -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start llama-server and return once it is healthy. See the class docs."""
+        if self._process is not None:
+            raise RuntimeError("LlamaServer.start() was already called")
+        try:
+            for attempt in range(1, self.start_attempts + 1):
+                started = time.monotonic()
+                await self._spawn()
+                try:
+                    await self._wait_healthy()
+                except ServerStartError as exc:
+                    if attempt < self.start_attempts and _BIND_FAILED in exc.output_tail:
+                        logger.info("llama-server could not bind port %s; retrying on a fresh port", self.port)
+                        await self._reset()
+                        continue
+                    raise
+                logger.info(
+                    "llama-server pid %d ready on port %d in %.2fs", self.pid, self.port, time.monotonic() - started
+                )
+                return
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _spawn(self) -> None:
+        self.port = free_port()
+        env = dict(self._env if self._env is not None else os.environ)
+        env["LLAMA_API_KEY"] = self._api_key
+        argv = [*self.args, "--host", HOST, "--port", str(self.port)]
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self.binary,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+            )
+        except OSError as exc:
+            raise ServerStartError(f"could not run llama-server {self.binary!r}: {exc}") from exc
+        logger.info("started llama-server pid %d on %s:%d", self._process.pid, HOST, self.port)
+        logger.debug("llama-server argv: %s %s", self.binary, " ".join(argv))
+        self._ready_hint.clear()
+        assert self._process.stdout is not None
+        self._drain_task = asyncio.create_task(self._drain(self._process.stdout, self._process.pid))
+        self._exit_task = asyncio.create_task(self._process.wait())
+        self._exit_task.add_done_callback(self._on_exit)
+        self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self._idle_timeout)
+
+    async def _wait_healthy(self) -> None:
+        assert self._exit_task is not None and self._client is not None
+        deadline = time.monotonic() + self.startup_timeout
+        last_status = "no answer yet"
+        while True:
+            if self._exit_task.done():
+                raise await self._start_error("llama-server exited during start-up")
+            try:
+                await self._client.health()
+                return
+            except APIError as exc:
+                if exc.status != 503:
+                    raise await self._start_error(f"llama-server /health answered {exc}") from exc
+                last_status = "loading the model (503)"
+            except (ConnectionError, TimeoutError):
+                last_status = "not accepting connections yet"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise await self._start_error(
+                    f"llama-server did not become healthy within {self.startup_timeout:g}s (last: {last_status})"
+                )
+            # Sleep until the next poll, the process exiting, or a "ready" line in its output.
+            hint = asyncio.ensure_future(self._ready_hint.wait())
+            try:
+                await asyncio.wait(
+                    {self._exit_task, hint},
+                    timeout=min(self.health_interval, remaining),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                hint.cancel()
+            self._ready_hint.clear()
+
+    async def _start_error(self, message: str) -> ServerStartError:
+        """Stop the process and build the error, with its exit code and last output."""
+        await self._terminate()
+        returncode = self.returncode
+        if returncode is not None:
+            message = f"{message} (exit code {returncode})"
+        return ServerStartError(message, returncode=returncode, output_tail=self.output_tail)
+
+    async def _reset(self) -> None:
+        await self._terminate()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
+        self._process = None
+        self._exit_task = None
+        self._drain_task = None
+        self._tail.clear()
+
+    # -- output ----------------------------------------------------------------------------------
+
+    async def _drain(self, stream: asyncio.StreamReader, pid: int) -> None:
+        """Read the process output until EOF, keeping the last lines."""
+        partial = b""
+        debug = logger.isEnabledFor(logging.DEBUG)
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            if len(partial) > 65536:  # a line without end: keep its start, not all of it
+                lines.append(partial[:65536])
+                partial = b""
+            for raw in lines:
+                if not self._ready_hint.is_set() and any(hint in raw for hint in _READY_HINTS):
+                    self._ready_hint.set()
+                line = raw.rstrip(b"\r").decode("utf-8", "replace")
+                self._tail.append(line)
+                if debug:
+                    logger.debug("llama-server[%d]: %s", pid, line)
+        if partial:
+            self._tail.append(partial.decode("utf-8", "replace"))
+
+    def _on_exit(self, task: asyncio.Task[int]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
+
+    # -- stop ------------------------------------------------------------------------------------
+
+    async def _terminate(self) -> None:
+        """SIGTERM, bounded wait, SIGKILL, reap; the kill and the reap survive cancellation."""
+        process = self._process
+        if process is None:
+            return
+        self._stopping = True
+        try:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), self.stop_timeout)
+                except builtins.TimeoutError:
+                    logger.warning(
+                        "llama-server pid %d ignored SIGTERM for %gs; killing it", process.pid, self.stop_timeout
+                    )
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+                if self._drain_task is not None:
+                    # The pipe reaches EOF once the process is gone; bound it in case a
+                    # grandchild kept the pipe open.
+                    with anyio.move_on_after(1.0):
+                        await asyncio.shield(self._drain_task)
+                    self._drain_task.cancel()
+
+    async def stop(self) -> int | None:
+        """Stop llama-server (see the class docs) and return its exit status. Idempotent."""
+        if self._stopped:
+            return self.returncode
+        self._stopped = True
+        try:
+            await self._terminate()
+        finally:
+            if self._client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client.aclose()
+        if self._process is not None:
+            logger.info("llama-server pid %d stopped (exit code %s)", self._process.pid, self._process.returncode)
+        return self.returncode
+
+    async def __aenter__(self) -> LlamaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

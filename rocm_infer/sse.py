@@ -1,0 +1,152 @@
+"""Incremental Server-Sent Events decoder that does no I/O.
+
+Feed it the raw bytes of a response body as they arrive, in chunks of any size;
+it returns the events completed by each chunk. It follows the WHATWG
+``text/event-stream`` rules that matter for llama-server and OpenAI-style
+streams:
+
+* lines end with CR, LF or CRLF, and a CRLF split across two chunks counts once;
+* a multi-byte UTF-8 character split across chunks comes out whole, because
+  bytes are only decoded once their line is complete (CR and LF never occur
+  inside a UTF-8 sequence); invalid UTF-8 becomes U+FFFD, as the spec says;
+* lines starting with ``:`` are comments (``: ping`` keep-alives) and ignored;
+* several ``data:`` lines in one event are joined with ``\\n``;
+* an event is dispatched at a blank line; one with no ``data`` is dropped;
+* a final event not closed by a blank line is discarded at the end of input.
+
+The decoder knows nothing of JSON or ``[DONE]``; the client layer does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SSEDecoder", "ServerSentEvent"]
+
+_DEFAULT_MAX_LINE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One dispatched event."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSELineTooLongError(ValueError):
+    """A line grew past the decoder's ``max_line`` without ending."""
+
+
+class SSEDecoder:
+    """Turns chunks of bytes into :class:`ServerSentEvent` objects.
+
+    ``max_line`` bounds the bytes held for one unfinished line, so a peer that
+    never sends a newline cannot grow memory without limit: past it,
+    :meth:`feed` raises :class:`SSELineTooLongError` (a ``ValueError``).
+    """
+
+    __slots__ = ("_tail", "_skip_lf", "_data", "_event", "_id", "_retry", "_max_line", "last_event_id")
+
+    def __init__(self, *, max_line: int = _DEFAULT_MAX_LINE) -> None:
+        self._tail = b""  # bytes of a line whose terminator has not arrived yet
+        self._skip_lf = False  # the previous chunk ended in CR: a leading LF belongs to it
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._max_line = max_line
+        self.last_event_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Decode ``chunk`` and return the events it completed (often none)."""
+        if not chunk:
+            # An empty chunk must not forget a CR that ended the previous one.
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if self._tail:
+            chunk = self._tail + chunk
+        # bytes.splitlines splits on exactly CR, LF and CRLF (unlike str.splitlines).
+        lines = chunk.splitlines(keepends=True)
+        if not lines:
+            return []
+        last = lines[-1]
+        if last[-1:] == b"\r":
+            self._skip_lf = True
+            self._tail = b""
+        elif last[-1:] == b"\n":
+            self._tail = b""
+        else:
+            self._tail = lines.pop()
+            if len(self._tail) > self._max_line:
+                raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        events: list[ServerSentEvent] = []
+        for raw in lines:
+            event = self._line(raw.rstrip(b"\r\n"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def end(self) -> list[ServerSentEvent]:
+        """Signal the end of the body. An unterminated last line is still a line,
+        but an event not closed by a blank line is discarded (per the spec)."""
+        events: list[ServerSentEvent] = []
+        if self._tail:
+            tail, self._tail = self._tail, b""
+            event = self._line(tail)
+            if event is not None:
+                events.append(event)
+        self._data = []
+        self._event = ""
+        self._retry = None
+        return events
+
+    @property
+    def pending(self) -> bool:
+        """True while bytes of an unfinished line or event are held."""
+        return bool(self._tail or self._data or self._event)
+
+    def _line(self, line: bytes) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        # The common case, "data: {...}", first and without decoding the field name.
+        if line.startswith(b"data:"):
+            data = line[6:] if line[5:6] == b" " else line[5:]
+            self._data.append(data.decode("utf-8", "replace"))
+            return None
+        if line[:1] == b":":
+            return None
+        name, sep, value = line.decode("utf-8", "replace").partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        if self._id is not None:
+            self.last_event_id = self._id
+        if not self._data:
+            # No data lines: the spec resets the buffers and dispatches nothing.
+            self._event = ""
+            self._retry = None
+            return None
+        data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
+        event = ServerSentEvent(data, self._event or "message", self.last_event_id, self._retry)
+        self._data = []
+        self._event = ""
+        self._retry = None
+        return event

@@ -1,0 +1,143 @@
+"""Values the SDK hands out: tokens, messages, metrics, model information.
+
+All are frozen, slotted dataclasses: cheap to make on the per-token path,
+hashable, and safe to share between tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "BatchResult",
+    "ClassifyResult",
+    "FinishReason",
+    "GenerateMetrics",
+    "Message",
+    "ModelInfo",
+    "Token",
+    "TokenLogprob",
+]
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token.
+
+    ``id`` is the vocabulary id llama-server sampled. ``text`` is the text that
+    became printable with this token: usually the token's own piece, but ``""``
+    while llama-server holds text back (a possible stop string in progress) and
+    more than one piece when held-back text or a multi-byte character is
+    released. Joining the ``text`` of every token gives the exact output.
+    """
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``role`` is one of system, user, assistant, tool, developer."""
+
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, str) or self.role not in ROLES:
+            raise ValueError(f"invalid message role {self.role!r}: expected one of {sorted(ROLES)}")
+        if not isinstance(self.content, str):
+            raise TypeError(f"message content must be str, not {type(self.content).__name__}")
+
+    @classmethod
+    def coerce(cls, value: Message | Mapping[str, object]) -> Message:
+        """Accept a Message or a ``{"role", "content"}`` mapping; raise otherwise."""
+        if isinstance(value, Message):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"role", "content"}
+            if unknown:
+                raise ValueError(f"unknown message keys {sorted(unknown)}: expected 'role' and 'content'")
+            if "role" not in value or "content" not in value:
+                raise ValueError(f"a message needs 'role' and 'content', got keys {sorted(value)}")
+            return cls(value["role"], value["content"])  # type: ignore[arg-type]
+        raise TypeError(f"a message must be a Message or a mapping, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateMetrics:
+    """Figures for one finished generation, from llama-server's own ``timings``
+    and ``usage`` except ``time_to_first_token`` and ``total_duration``, which
+    the SDK measures itself (wall clock, request sent to first token / to end).
+
+    Durations are in seconds. ``prompt_tokens`` counts the whole prompt,
+    the ``cached_tokens`` reused from the KV cache included.
+    """
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_duration: float = 0.0
+    decode_duration: float = 0.0
+    total_duration: float = 0.0
+    time_to_first_token: float = 0.0
+    prefill_tokens_per_sec: float = 0.0
+    decode_tokens_per_sec: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"GenerateMetrics(prompt_tokens={self.prompt_tokens}, cached_tokens={self.cached_tokens}, "
+            f"generated_tokens={self.generated_tokens}, ttft={self.time_to_first_token * 1000:.1f}ms, "
+            f"prefill={self.prefill_tokens_per_sec:.1f} tok/s, decode={self.decode_tokens_per_sec:.1f} tok/s, "
+            f"total={self.total_duration:.3f}s)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What is known of a loaded model, from its GGUF header and llama-server."""
+
+    path: str | None
+    architecture: str | None = None
+    name: str | None = None
+    context_len: int = 0
+    train_context_len: int | None = None
+    vocab_size: int | None = None
+    file_size: int | None = None
+    has_chat_template: bool = False
+    parallel_slots: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A candidate token with its log-probability."""
+
+    id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """The single next token for one prompt, and the top candidates with logprobs."""
+
+    token: Token
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The tokens generated for one prompt of a batch, or the error that stopped it."""
+
+    tokens: tuple[Token, ...] = ()
+    error: BaseException | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
