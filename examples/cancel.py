@@ -18,8 +18,10 @@ async def main() -> None:
     async with rocm_infer.load_model(model_path()) as model:
         # 1. Break out after ten tokens: `async with` closes the stream on exit.
         async with model.generate("Count with me:", max_tokens=10_000, ignore_eos=True) as stream:
-            async for i, token in aenumerate(stream):
-                if i == 10:
+            received = 0
+            async for _ in stream:
+                received += 1
+                if received == 10:
                     break
         print(f"stopped after 10 tokens: finish_reason={stream.finish_reason!r}")
 
@@ -34,7 +36,9 @@ async def main() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         cancelled_at = asyncio.get_running_loop().time()
-        while any(slot["is_processing"] for slot in await model.client.slots()):
+        while True:  # poll until llama-server reports every slot idle
+            if not any(slot["is_processing"] for slot in await model.client.slots()):
+                break
             await asyncio.sleep(0.005)
         idle_ms = (asyncio.get_running_loop().time() - cancelled_at) * 1000
         print(f"cancelled the task: every slot idle {idle_ms:.0f} ms later")
@@ -42,13 +46,6 @@ async def main() -> None:
         # 3. The model is still usable.
         text = await model.generate("Still here?", max_tokens=8).collect()
         print("next generation:", text)
-
-
-async def aenumerate(stream: rocm_infer.TokenStream):  # type: ignore[no-untyped-def]
-    i = 0
-    async for item in stream:
-        yield i, item
-        i += 1
 
 
 if __name__ == "__main__":

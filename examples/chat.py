@@ -1,6 +1,6 @@
 """A two-turn chat: the model's own chat template is applied by llama-server.
 
-    python examples/chat.py [MODEL.gguf]
+python examples/chat.py [MODEL.gguf]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`make demo`: start a real llama-server on the tiny demo model and stream a generation.
 
-    python examples/demo.py [MODEL.gguf]
+python examples/demo.py [MODEL.gguf]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stream a completion token by token.
 
-    python examples/stream.py [MODEL.gguf] 
+python examples/stream.py [MODEL.gguf]
 """
 
 from __future__ import annotations

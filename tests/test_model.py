@@ -358,7 +358,7 @@ async def test_model_info_and_repr(model: TextModel) -> None:
     assert info.context_len > 0
     assert info.parallel_slots == 4
     assert info.has_chat_template
-    assert info.file_size == os.path.getsize(info.path or "")
+    assert info.file_size == Path(info.path or "").stat().st_size
     assert model.server is not None
     assert model.server._api_key not in repr(model)
     assert "llama" in repr(model)
