@@ -5,8 +5,6 @@ async with rocm_infer.load_model("model.gguf") as model:
         print(token.text, end="", flush=True)
 """
 
-from __future__ import annotations
-
 from .backend import (
     Backend,
     LlamaCppBackend,

@@ -90,7 +90,8 @@ class GenerateConfig:
     stop: tuple[str, ...] = ()
     stop_tokens: frozenset[int] = frozenset()
     ignore_eos: bool = False
-    extra_body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Compared, not hashed (a mapping has no hash), so configs stay usable as dict keys.
+    extra_body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
         _check_int("max_tokens", self.max_tokens, minimum=1, optional=True)
@@ -151,7 +152,7 @@ class LoadConfig:
     devices: tuple[int, ...] = ()
     server_path: str | None = None
     extra_args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     startup_timeout: float = 60.0
     adapter_path: str | None = None
 
