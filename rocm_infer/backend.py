@@ -203,6 +203,9 @@ class LlamaCppBackend:
         return TextModel(server.client, info, model_type=header.architecture or "unknown", server=server)
 
 
+_ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})
+
+
 class RocmBackend(LlamaCppBackend):
     """llama-server on an AMD GPU through ROCm/HIP."""
 
@@ -212,9 +215,10 @@ class RocmBackend(LlamaCppBackend):
         return os.path.exists("/dev/kfd") and super().available()
 
     def environment(self, config: LoadConfig) -> dict[str, str]:
-        # Drop every inherited HIP_* setting: a stray HIP_VISIBLE_DEVICES (or an
-        # iGPU enumerated as device 0 with another) must not decide the GPU.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HIP_")}
+        # Drop every inherited HIP_* setting, and the ROCr-level device filters the
+        # HIP runtime also honours: a stray HIP_VISIBLE_DEVICES (or an iGPU that is
+        # enumerated as device 0) must not decide the GPU.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HIP_") and k not in _ROCM_DEVICE_FILTERS}
         env["HIP_VISIBLE_DEVICES"] = ",".join(map(str, config.devices)) if config.devices else "0"
         env.update(config.env)
         return env
@@ -224,9 +228,11 @@ _registry: dict[str, Backend] = {}
 
 
 def register(backend: Backend) -> None:
-    """Add ``backend`` to the registry (replacing one with the same name)."""
-    if not isinstance(backend, Backend):
-        raise TypeError(f"{backend!r} does not implement the Backend protocol")
+    """Add ``backend`` (an instance) to the registry, replacing one with the same name."""
+    if isinstance(backend, type) or not isinstance(backend, Backend):
+        # A class passes the structural check too, but its methods cannot be called unbound.
+        hint = " (pass an instance, not the class)" if isinstance(backend, type) else ""
+        raise TypeError(f"{backend!r} does not implement the Backend protocol{hint}")
     _registry[backend.name] = backend
 
 

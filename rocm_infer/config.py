@@ -162,7 +162,10 @@ class LoadConfig:
         _check_int("parallel_slots", self.parallel_slots, minimum=0)
         _check_int("threads", self.threads, minimum=0)
         _check_float("startup_timeout", self.startup_timeout, low=0.0, low_open=True)
-        devices = tuple(self.devices)
+        try:
+            devices = tuple(self.devices)
+        except TypeError:
+            raise TypeError(f"devices must be a sequence of GPU ids, not {type(self.devices).__name__}") from None
         for device in devices:
             _check_int("devices item", device, minimum=0)
         object.__setattr__(self, "devices", devices)

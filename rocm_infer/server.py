@@ -40,6 +40,8 @@ HOST = "127.0.0.1"
 # Lines llama-server prints when it is (nearly) ready: seeing one makes the
 # health check run at once instead of at the next poll.
 _READY_HINTS = (b"model loaded", b"listening on")
+# Longest line kept in the output tail; the rest of a longer line is dropped.
+_MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
 _BIND_FAILED = "couldn't bind"
 
@@ -251,8 +253,10 @@ class LlamaServer:
     # -- output ----------------------------------------------------------------------------------
 
     async def _drain(self, stream: asyncio.StreamReader, pid: int) -> None:
-        """Read the process output until EOF, keeping the last lines."""
+        """Read the process output until EOF, keeping the last lines (each cut to
+        ``_MAX_TAIL_LINE`` characters, so the tail stays small whatever is printed)."""
         partial = b""
+        overlong = False  # inside a line already cut: drop bytes until its end
         debug = logger.isEnabledFor(logging.DEBUG)
         while True:
             chunk = await stream.read(65536)
@@ -260,18 +264,25 @@ class LlamaServer:
                 break
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()
-            if len(partial) > 65536:  # a line without end: keep its start, not all of it
-                lines.append(partial[:65536])
+            if overlong and lines:
+                lines.pop(0)  # the end of the line that was already cut
+                overlong = False
+            if len(partial) > _MAX_TAIL_LINE:
+                if not overlong:
+                    lines.append(partial)
+                overlong = True
                 partial = b""
             for raw in lines:
                 if not self._ready_hint.is_set() and any(hint in raw for hint in _READY_HINTS):
                     self._ready_hint.set()
-                line = raw.rstrip(b"\r").decode("utf-8", "replace")
+                line = raw[:_MAX_TAIL_LINE].rstrip(b"\r").decode("utf-8", "replace")
+                if len(raw) > _MAX_TAIL_LINE:
+                    line += " [...]"
                 self._tail.append(line)
                 if debug:
                     logger.debug("llama-server[%d]: %s", pid, line)
-        if partial:
-            self._tail.append(partial.decode("utf-8", "replace"))
+        if partial and not overlong:
+            self._tail.append(partial[:_MAX_TAIL_LINE].decode("utf-8", "replace"))
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if task.cancelled() or self._stopping:

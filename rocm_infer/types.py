@@ -100,7 +100,11 @@ class GenerateMetrics:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What is known of a loaded model, from its GGUF header and llama-server."""
+    """What is known of a loaded model, from its GGUF header and llama-server.
+
+    ``context_len`` is the context one request can use (llama-server's per-slot
+    ``n_ctx``); ``train_context_len`` is the model's trained context from the GGUF.
+    """
 
     path: str | None
     architecture: str | None = None

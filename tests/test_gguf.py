@@ -470,9 +470,7 @@ ERROR_CASES: list[tuple[str, bytes, int, str]] = [
     ),
     (
         "absurd string inside a skipped string array",
-        _gguf(
-            _kv("a", VT.ARRAY, struct.pack("<IQ", VT.STRING, 100) + struct.pack("<Q", 2**62) + b"\0" * 800)
-        ),
+        _gguf(_kv("a", VT.ARRAY, struct.pack("<IQ", VT.STRING, 100) + struct.pack("<Q", 2**62) + b"\0" * 800)),
         49,
         "claims",
     ),
@@ -654,9 +652,7 @@ def test_zero_byte_file(tmp_path: Path, func: Callable[[Path], object]) -> None:
     ],
     ids=["zip", "text", "lfs", "html", "safetensors", "ggml", "short"],
 )
-def test_not_a_gguf_file(
-    tmp_path: Path, func: Callable[[Path], object], content: bytes, message: str
-) -> None:
+def test_not_a_gguf_file(tmp_path: Path, func: Callable[[Path], object], content: bytes, message: str) -> None:
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
     with pytest.raises(InvalidModelError, match=message) as info:

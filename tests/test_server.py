@@ -1,0 +1,615 @@
+"""Tests for rocm_infer.server.LlamaServer, the llama-server process supervisor.
+
+Faults the real llama-server cannot be made to produce (ignoring SIGTERM, never
+becoming healthy, losing the port race, flooding its output …) come from small
+fake binaries: Python scripts written into ``tmp_path``. Every fake appends its
+pid (and the port it was given) to ``runs.txt`` so a test can check how often it
+ran and that every process it started is gone.
+
+Each test checks what the SDK raised *and* that no process is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import llama_server_pids
+
+from rocm_infer.errors import APIError, ServerStartError
+from rocm_infer.server import HOST, LlamaServer
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+# Prelude of every fake: parse --host/--port like llama-server, record the run.
+_PRELUDE = """\
+import http.server, json, os, signal, sys, time
+ARGV = sys.argv[1:]
+HOST = ARGV[ARGV.index("--host") + 1]
+PORT = int(ARGV[ARGV.index("--port") + 1])
+RUNS = {runs!r}
+with open(RUNS, "a") as f:
+    f.write(f"{{os.getpid()}} {{PORT}}\\n")
+RUN = sum(1 for _ in open(RUNS))  # 1 on the first run, 2 on the second …
+
+
+def serve(status=lambda: 200, ready_line=None):
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            code = status()
+            body = {{"status": "ok"}} if code == 200 else {{"error": {{"code": code, "message": "Loading model",
+                                                                        "type": "unavailable_error"}}}}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer((HOST, PORT), Health)  # listening from here on
+    if ready_line:
+        print(ready_line, flush=True)
+    httpd.serve_forever()
+
+"""
+
+# A fake that starts at once and serves /health 200.
+HEALTHY = "serve()\n"
+
+
+def make_fake(tmp_path: Path, body: str, name: str = "fake-llama-server") -> str:
+    """Write an executable fake llama-server running ``body`` after the prelude."""
+    path = tmp_path / name
+    runs = str(tmp_path / "runs.txt")
+    path.write_text(f"#!{sys.executable}\n" + _PRELUDE.format(runs=runs) + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def runs(tmp_path: Path) -> list[tuple[int, int]]:
+    """(pid, port) of every run of the fake so far."""
+    file = tmp_path / "runs.txt"
+    if not file.exists():
+        return []
+    return [(int(pid), int(port)) for pid, port in (line.split() for line in file.read_text().splitlines())]
+
+
+def is_gone(pid: int) -> bool:
+    """True if ``pid`` no longer exists (it has been reaped, not merely a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def assert_gone(*pids: int | None) -> None:
+    for pid in pids:
+        assert pid is not None
+        assert is_gone(pid), f"process {pid} is still there (state: {_proc_state(pid)})"
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def assert_all_runs_gone(tmp_path: Path) -> None:
+    recorded = runs(tmp_path)
+    assert recorded, "the fake never ran"
+    assert_gone(*(pid for pid, _ in recorded))
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket in LISTEN state on ``port`` (from /proc/net/tcp{,6})."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, port_hex = fields[1].split(":")
+            if int(port_hex, 16) != port or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            if len(address) == 8:
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+            else:
+                raw = bytes.fromhex(address)
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                found.add(socket.inet_ntop(socket.AF_INET6, raw))
+    return found
+
+
+async def wait_for_pid(server: LlamaServer) -> int:
+    """Wait until ``server`` has spawned its process and return the pid."""
+    for _ in range(500):
+        if server.pid is not None:
+            return server.pid
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server process was never spawned")
+
+
+# -- the real llama-server -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_args(tiny_model_path: Path) -> list[str]:
+    return ["--model", str(tiny_model_path), "--ctx-size", "2048"]
+
+
+@pytest.mark.integration
+async def test_real_server_lifecycle(
+    server_binary: str, real_args: list[str], no_leaked_servers: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rocm_infer")
+    server = LlamaServer(server_binary, real_args)
+    key = server._api_key
+    assert key and len(key) >= 32
+    assert "not started" in repr(server)
+    assert not server.running and server.pid is None and server.returncode is None
+    assert await server.wait_exited(0.01) is None
+
+    await server.start()
+    try:
+        assert server.running
+        assert server.pid is not None and server.pid > 0
+        assert server.pid in llama_server_pids(server_binary)
+        assert server.returncode is None
+        assert server.port is not None
+        assert server.base_url == f"http://127.0.0.1:{server.port}"
+        # Bound on loopback only, never on all interfaces.
+        assert listening_addresses(server.port) == {"127.0.0.1"}
+        assert await server.client.health() == {"status": "ok"}
+        props = await server.client.props()
+        assert props["model_path"] == real_args[1]
+        assert await server.wait_exited(0.05) is None  # still running
+
+        # Without the key, the protected endpoints refuse; /health is public.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.base_url}/props") as response:
+                assert response.status == 401
+            async with session.get(f"{server.base_url}/props", headers={"Authorization": "Bearer wrong"}) as response:
+                assert response.status == 401
+            async with session.post(f"{server.base_url}/completion", json={"prompt": "hi", "n_predict": 1}) as r:
+                assert r.status == 401
+            async with session.get(f"{server.base_url}/health") as response:
+                assert response.status == 200
+
+        # An API error from the authenticated client does not leak the key either.
+        with pytest.raises(APIError) as excinfo:
+            await server.client.request_json("GET", "/no-such-endpoint")
+        assert excinfo.value.status == 404
+        assert key not in str(excinfo.value) and key not in repr(excinfo.value)
+
+        assert f"pid={server.pid}" in repr(server)
+        assert server.output_tail  # llama-server printed its start-up log
+        for text in (repr(server), repr(server.client), server.output_tail):
+            assert key not in text
+    finally:
+        code = await server.stop()
+
+    pid = server.pid
+    assert code is not None and code == server.returncode
+    assert not server.running
+    assert_gone(pid)
+    assert "stopped" in repr(server)
+    assert server.client.closed
+    # Idempotent.
+    assert await server.stop() == code
+    assert await server.wait_exited(0.01) == code
+    assert key not in caplog.text
+    assert key not in repr(server) and key not in server.output_tail
+
+
+@pytest.mark.integration
+async def test_real_server_key_in_environment_not_cmdline(
+    server_binary: str, real_args: list[str], no_leaked_servers: None
+) -> None:
+    async with LlamaServer(server_binary, real_args) as server:
+        assert server.running
+        key = server._api_key
+        with open(f"/proc/{server.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert key.encode() not in b" ".join(argv)
+        assert b"--api-key" not in argv
+        # The argv is the caller's args plus host and port, as separate arguments.
+        assert [a.decode() for a in argv[1:] if a] == [*real_args, "--host", HOST, "--port", str(server.port)]
+        with open(f"/proc/{server.pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        assert f"LLAMA_API_KEY={key}".encode() in environ
+        pid = server.pid
+    assert server.returncode is not None
+    assert_gone(pid)
+
+
+@pytest.mark.integration
+async def test_real_server_env_is_the_whole_environment(
+    server_binary: str, real_args: list[str], no_leaked_servers: None
+) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROCM_INFER_TEST_MARKER": "yes"}
+    async with LlamaServer(server_binary, real_args, env=env) as server:
+        with open(f"/proc/{server.pid}/environ", "rb") as f:
+            environ = {e.partition(b"=")[0].decode() for e in f.read().split(b"\0") if e}
+        assert environ == {"PATH", "ROCM_INFER_TEST_MARKER", "LLAMA_API_KEY"}
+    assert env == {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROCM_INFER_TEST_MARKER": "yes"}
+
+
+@pytest.mark.integration
+async def test_real_server_corrupt_gguf(server_binary: str, tmp_path: Path, no_leaked_servers: None) -> None:
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(64) + b"garbage" * 100)
+    server = LlamaServer(server_binary, ["--model", str(bad), "--ctx-size", "2048"], startup_timeout=60)
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    err = excinfo.value
+    assert err.returncode is not None and err.returncode != 0
+    assert "exited during start-up" in str(err)
+    assert "failed to load model" in err.output_tail
+    assert str(bad) in err.output_tail
+    assert server._api_key not in str(err)
+    assert not server.running
+    assert_gone(server.pid)
+    assert await server.stop() == err.returncode  # stopping again is harmless
+
+
+@pytest.mark.integration
+async def test_start_twice_is_an_error(server_binary: str, real_args: list[str], no_leaked_servers: None) -> None:
+    async with LlamaServer(server_binary, real_args) as server:
+        with pytest.raises(RuntimeError, match="already"):
+            await server.start()
+        assert server.running
+
+
+# -- start-up failures (fake binaries) -------------------------------------------------------------
+
+
+async def test_exits_at_once(tmp_path: Path) -> None:
+    binary = make_fake(
+        tmp_path,
+        """
+        print("fake: reading the model", flush=True)
+        print("fake: error: out of cheese", flush=True)
+        sys.exit(3)
+        """,
+    )
+    server = LlamaServer(binary, ["--model", "x.gguf"], startup_timeout=30)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    assert loop.time() - started < 10  # failed fast, not at the 30 s deadline
+    err = excinfo.value
+    assert err.returncode == 3
+    assert server.returncode == 3
+    assert "exited during start-up" in str(err) and "exit code 3" in str(err)
+    assert "fake: reading the model" in err.output_tail
+    assert "fake: error: out of cheese" in err.output_tail
+    assert "out of cheese" in str(err)  # the output is part of the message too
+    assert server._api_key not in str(err)
+    assert len(runs(tmp_path)) == 1  # not retried: not a bind failure
+    assert not server.running
+    assert_all_runs_gone(tmp_path)
+    assert_gone(server.pid)
+
+
+async def test_binary_that_cannot_run(tmp_path: Path) -> None:
+    not_exec = tmp_path / "llama-server"
+    not_exec.write_text("#!/bin/sh\n")  # no execute bit
+    server = LlamaServer(str(not_exec), [])
+    with pytest.raises(ServerStartError, match="could not run llama-server") as excinfo:
+        await server.start()
+    assert excinfo.value.returncode is None
+    assert isinstance(excinfo.value.__cause__, OSError)
+    assert server.pid is None and not server.running
+
+
+async def test_never_healthy_times_out(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "print('loading forever', flush=True)\ntime.sleep(3600)\n")
+    server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    assert loop.time() - started < 10
+    err = excinfo.value
+    assert "did not become healthy within 1s" in str(err)
+    assert "not accepting connections" in str(err)
+    assert err.returncode == -signal.SIGTERM  # it was stopped by the supervisor
+    assert "loading forever" in err.output_tail
+    assert not server.running
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_health_answers_error_status(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "serve(lambda: 500)\n")
+    server = LlamaServer(binary, [], startup_timeout=30)
+    with pytest.raises(ServerStartError, match="/health answered") as excinfo:
+        await server.start()
+    assert isinstance(excinfo.value.__cause__, APIError)
+    assert excinfo.value.__cause__.status == 500
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_health_503_then_ok(tmp_path: Path) -> None:
+    binary = make_fake(
+        tmp_path,
+        """
+        COUNT = os.path.join(os.path.dirname(RUNS), "health.txt")
+
+        def status():
+            with open(COUNT, "a") as f:
+                f.write("x")
+            # Loading the model for the first few polls.
+            return 503 if os.path.getsize(COUNT) <= 5 else 200
+
+        serve(status)
+        """,
+    )
+    server = LlamaServer(binary, [], startup_timeout=30, health_interval=0.05)
+    await server.start()
+    try:
+        assert server.running
+        assert len((tmp_path / "health.txt").read_text()) >= 6  # waited through the 503s
+        assert await server.client.health() == {"status": "ok"}
+    finally:
+        await server.stop()
+    assert len(runs(tmp_path)) == 1
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_ready_line_triggers_health_check_at_once(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "serve(ready_line='main: model loaded')\n")
+    # A health interval far longer than the test: only the "model loaded" hint gets it polled again.
+    server = LlamaServer(binary, [], startup_timeout=30, health_interval=20)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with server:
+        assert server.running
+    assert loop.time() - started < 10
+    assert_all_runs_gone(tmp_path)
+
+
+# -- port races ------------------------------------------------------------------------------------
+
+_BIND_FAILS = """
+print("main: loading model", flush=True)
+print(f"couldn't bind HTTP server socket, hostname: {HOST}, port: {PORT}", flush=True)
+sys.exit(1)
+"""
+
+
+async def test_bind_failure_is_retried_on_a_fresh_port(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, f"if RUN == 1:\n{textwrap.indent(_BIND_FAILS, '    ')}\nserve()\n")
+    server = LlamaServer(binary, [], startup_timeout=30)
+    await server.start()
+    try:
+        assert server.running
+        recorded = runs(tmp_path)
+        assert len(recorded) == 2
+        (first_pid, _first_port), (second_pid, second_port) = recorded
+        assert server.pid == second_pid
+        assert server.port == second_port
+        assert_gone(first_pid)
+        assert await server.client.health() == {"status": "ok"}
+        assert "couldn't bind" not in server.output_tail  # the tail is the current process's
+    finally:
+        await server.stop()
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_bind_failure_every_time(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, _BIND_FAILS)
+    server = LlamaServer(binary, [], startup_timeout=30, start_attempts=3)
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    err = excinfo.value
+    assert err.returncode == 1
+    assert "couldn't bind HTTP server socket" in err.output_tail
+    assert f"port: {server.port}" in err.output_tail
+    assert len(runs(tmp_path)) == 3
+    assert not server.running
+    assert_all_runs_gone(tmp_path)
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+async def test_large_output_is_drained_and_tail_is_bounded(tmp_path: Path) -> None:
+    binary = make_fake(
+        tmp_path,
+        """
+        out = sys.stdout.buffer
+        for i in range(80_000):  # ~4 MB of lines
+            out.write(b"log line %06d " % i + b"." * 32 + b"\\n")
+        out.write(b"x" * 1_000_000)  # one 1 MB line without a newline
+        out.write(b"\\n\\xff\\xfe invalid utf-8 \\r\\n")
+        out.write(b"last line before serving\\n")
+        out.flush()
+        serve()
+        """,
+    )
+    server = LlamaServer(binary, [], startup_timeout=60, tail_lines=10)
+    await server.start()  # would hang forever if nobody read the pipe
+    try:
+        assert server.running
+        # The drain task reads concurrently with the health check: let it catch up.
+        for _ in range(200):
+            if "last line before serving" in server.output_tail:
+                break
+            await asyncio.sleep(0.05)
+        tail = server.output_tail
+        lines = tail.split("\n")
+        assert len(lines) <= 10
+        assert len(tail) <= 10 * 65536 + 10
+        assert lines[-1] == "last line before serving"
+        assert "\ufffd" in tail  # undecodable bytes are replaced, not fatal
+        assert "\r" not in tail
+    finally:
+        await server.stop()
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_output_tail_keeps_the_last_lines(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "for i in range(50):\n    print(f'line {i}', flush=True)\nsys.exit(2)\n")
+    server = LlamaServer(binary, [], tail_lines=5)
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    assert excinfo.value.output_tail.split("\n") == [f"line {i}" for i in range(45, 50)]
+    assert excinfo.value.returncode == 2
+    assert_all_runs_gone(tmp_path)
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+_IGNORES_SIGTERM = """
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+serve()
+"""
+
+
+async def test_sigterm_ignored_is_killed(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, _IGNORES_SIGTERM)
+    server = LlamaServer(binary, [], startup_timeout=30, stop_timeout=0.5)
+    await server.start()
+    assert server.running
+    pid = server.pid
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    code = await server.stop()
+    assert 0.4 < loop.time() - started < 5
+    assert code == -signal.SIGKILL
+    assert server.returncode == -signal.SIGKILL
+    assert not server.running
+    assert_gone(pid)
+    assert await server.stop() == -signal.SIGKILL
+
+
+async def test_sigterm_honoured_is_not_killed(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, HEALTHY)
+    server = LlamaServer(binary, [], startup_timeout=30, stop_timeout=10)
+    await server.start()
+    pid = server.pid
+    assert await server.stop() == -signal.SIGTERM
+    assert_gone(pid)
+
+
+async def test_stop_before_start(tmp_path: Path) -> None:
+    server = LlamaServer(make_fake(tmp_path, HEALTHY), [])
+    assert await server.stop() is None
+    assert await server.stop() is None
+    assert runs(tmp_path) == []
+
+
+# -- cancellation ----------------------------------------------------------------------------------
+
+
+async def test_cancel_start(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "time.sleep(3600)\n")
+    server = LlamaServer(binary, [], startup_timeout=60, stop_timeout=2)
+    task = asyncio.create_task(server.start())
+    pid = await wait_for_pid(server)
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not server.running
+    assert server.returncode is not None
+    assert_gone(pid)
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_cancel_start_of_process_ignoring_sigterm(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)\n")
+    server = LlamaServer(binary, [], startup_timeout=60, stop_timeout=0.3)
+    task = asyncio.create_task(server.start())
+    pid = await wait_for_pid(server)
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert server.returncode == -signal.SIGKILL
+    assert_gone(pid)
+
+
+async def test_cancel_stop_still_kills_and_reaps(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, _IGNORES_SIGTERM)
+    server = LlamaServer(binary, [], startup_timeout=30, stop_timeout=30)
+    await server.start()
+    pid = server.pid
+    task = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.3)  # stop() has sent SIGTERM and waits up to 30 s for an exit
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Cancelling the wait did not leave the process behind: it was killed and reaped.
+    assert server.returncode == -signal.SIGKILL
+    assert_gone(pid)
+    assert server.client.closed
+    assert await server.stop() == -signal.SIGKILL
+
+
+async def test_async_with_stops_on_error(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, HEALTHY)
+    with pytest.raises(ZeroDivisionError):
+        async with LlamaServer(binary, [], startup_timeout=30) as server:
+            pid = server.pid
+            1 / 0  # noqa: B018
+    assert server.returncode is not None
+    assert_gone(pid)
+
+
+# -- exit watching ---------------------------------------------------------------------------------
+
+
+async def test_wait_exited(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    binary = make_fake(tmp_path, HEALTHY)
+    server = LlamaServer(binary, [], startup_timeout=30)
+    assert await server.wait_exited(0.01) is None  # not started
+    await server.start()
+    try:
+        pid = server.pid
+        assert pid is not None
+        assert await server.wait_exited(0.1) is None  # still running
+        assert await server.wait_exited(0) is None
+        os.kill(pid, signal.SIGKILL)
+        assert await server.wait_exited(10) == -signal.SIGKILL
+        assert server.returncode == -signal.SIGKILL
+        assert not server.running
+        assert_gone(pid)
+        assert "exited unexpectedly" in caplog.text
+    finally:
+        code = await server.stop()
+    assert code == -signal.SIGKILL
+
+
+async def test_wait_exited_is_not_cancelled_by_its_timeout(tmp_path: Path) -> None:
+    """A wait that times out must not cancel the underlying exit watch."""
+    binary = make_fake(tmp_path, HEALTHY)
+    async with LlamaServer(binary, [], startup_timeout=30) as server:
+        for _ in range(3):
+            assert await server.wait_exited(0.01) is None
+        assert server.running
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert await server.wait_exited(10) == -signal.SIGKILL
+    assert_gone(pid)
