@@ -87,7 +87,10 @@ def _translate(exc: BaseException, url: str) -> Exception:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ProtocolError(f"llama-server response body broke off ({url}): {exc}")
     if isinstance(exc, aiohttp.ClientResponseError):
-        return APIError(exc.message, status=exc.status, url=url)
+        # The client never calls raise_for_status, so aiohttp raises this only
+        # for a response it could not parse (its status is aiohttp's, not the
+        # server's) or for redirects: the protocol broke, the API did not answer.
+        return ProtocolError(f"llama-server sent a malformed HTTP response ({url}): {exc.message}")
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ConnectionError(f"connection to llama-server failed ({url}): {exc}", url=url)
     return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}")
@@ -96,9 +99,15 @@ def _translate(exc: BaseException, url: str) -> Exception:
 async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
     if response.status < 400:
         return
+    raw = b""
     try:
-        raw = await response.content.read(_MAX_ERROR_BODY)
-    except (aiohttp.ClientError, OSError, TimeoutError):
+        # read(n) returns what has arrived so far: loop until EOF or the cap.
+        while len(raw) < _MAX_ERROR_BODY:
+            block = await response.content.read(_MAX_ERROR_BODY - len(raw))
+            if not block:
+                break
+            raw += block
+    except (aiohttp.ClientError, OSError, builtins.TimeoutError):
         raw = b""
     finally:
         response.close()
@@ -164,7 +173,7 @@ class LlamaServerClient:
         session = self._get_session()
         try:
             response = await session.request(method, url, json=body, headers=self._headers, timeout=limits)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
             raise _translate(exc, url) from exc
         await _raise_for_status(response, url)
         return response
@@ -175,7 +184,7 @@ class LlamaServerClient:
         response = await self._send(method, path, body, self._request_timeout)
         try:
             raw = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
             raise _translate(exc, url) from exc
         finally:
             response.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+__all__ = ["SSEDecoder", "SSELineTooLongError", "ServerSentEvent"]
 
 _DEFAULT_MAX_LINE = 16 * 1024 * 1024
 
@@ -48,10 +48,23 @@ class SSEDecoder:
     :meth:`feed` raises :class:`SSELineTooLongError` (a ``ValueError``).
     """
 
-    __slots__ = ("_tail", "_skip_lf", "_data", "_event", "_id", "_retry", "_max_line", "last_event_id")
+    __slots__ = (
+        "_held",
+        "_held_len",
+        "_overflow",
+        "_skip_lf",
+        "_data",
+        "_event",
+        "_id",
+        "_retry",
+        "_max_line",
+        "last_event_id",
+    )
 
     def __init__(self, *, max_line: int = _DEFAULT_MAX_LINE) -> None:
-        self._tail = b""  # bytes of a line whose terminator has not arrived yet
+        self._held: list[bytes] = []  # pieces of a line whose terminator has not arrived yet
+        self._held_len = 0
+        self._overflow = False  # a held line passed max_line: the stream is unusable
         self._skip_lf = False  # the previous chunk ended in CR: a leading LF belongs to it
         self._data: list[str] = []
         self._event = ""
@@ -61,7 +74,13 @@ class SSEDecoder:
         self.last_event_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Decode ``chunk`` and return the events it completed (often none)."""
+        """Decode ``chunk`` and return the events it completed (often none).
+
+        Events completed before an over-long line are returned first; the
+        :class:`SSELineTooLongError` comes from the next call.
+        """
+        if self._overflow:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
         if not chunk:
             # An empty chunk must not forget a CR that ended the previous one.
             return []
@@ -69,8 +88,20 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if self._tail:
-            chunk = self._tail + chunk
+        if self._held:
+            if b"\n" not in chunk and b"\r" not in chunk:
+                # Still inside one long line: keep the pieces, join them once it ends
+                # (joining on every read would make a long line cost quadratic time).
+                self._held.append(chunk)
+                self._held_len += len(chunk)
+                if self._held_len > self._max_line:
+                    self._overflow = True
+                    raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+                return []
+            self._held.append(chunk)
+            chunk = b"".join(self._held)
+            self._held = []
+            self._held_len = 0
         # bytes.splitlines splits on exactly CR, LF and CRLF (unlike str.splitlines).
         lines = chunk.splitlines(keepends=True)
         if not lines:
@@ -78,26 +109,31 @@ class SSEDecoder:
         last = lines[-1]
         if last[-1:] == b"\r":
             self._skip_lf = True
-            self._tail = b""
-        elif last[-1:] == b"\n":
-            self._tail = b""
-        else:
-            self._tail = lines.pop()
-            if len(self._tail) > self._max_line:
-                raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        elif last[-1:] != b"\n":
+            tail = lines.pop()
+            self._held = [tail]
+            self._held_len = len(tail)
+            if self._held_len > self._max_line:
+                self._overflow = True
         events: list[ServerSentEvent] = []
         for raw in lines:
             event = self._line(raw.rstrip(b"\r\n"))
             if event is not None:
                 events.append(event)
+        if self._overflow and not events:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
         return events
 
     def end(self) -> list[ServerSentEvent]:
         """Signal the end of the body. An unterminated last line is still a line,
         but an event not closed by a blank line is discarded (per the spec)."""
         events: list[ServerSentEvent] = []
-        if self._tail:
-            tail, self._tail = self._tail, b""
+        if self._overflow:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        if self._held:
+            tail = b"".join(self._held)
+            self._held = []
+            self._held_len = 0
             event = self._line(tail)
             if event is not None:
                 events.append(event)
@@ -109,7 +145,7 @@ class SSEDecoder:
     @property
     def pending(self) -> bool:
         """True while bytes of an unfinished line or event are held."""
-        return bool(self._tail or self._data or self._event)
+        return bool(self._held or self._data or self._event)
 
     def _line(self, line: bytes) -> ServerSentEvent | None:
         if not line:
