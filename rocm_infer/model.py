@@ -208,7 +208,7 @@ class TokenStream:
                 token_id = ids[-1]
                 if stop_tokens and token_id in stop_tokens:
                     self._final = event
-                    self._finish_stop_token()
+                    self._finish("stop")  # closes the response: llama-server stops too
                     return
                 text = event.get("content", "")
                 buffer.append(Token(token_id, text))
@@ -244,16 +244,12 @@ class TokenStream:
             logprobs = (choice.get("logprobs") or {}).get("content") or ()
             token_id = logprobs[-1].get("id", -1) if logprobs else -1
             if stop_tokens and token_id in stop_tokens:
-                self._finish_stop_token()
+                self._finish("stop")  # closes the response: llama-server stops too
                 return
             text = text or ""
             buffer.append(Token(token_id, text))
             parts.append(text)
             self._count += 1
-
-    def _finish_stop_token(self) -> None:
-        self._events.close()
-        self._finish("stop")
 
     def _finish_from_final(self) -> None:
         self._finish(_STOP_TYPES.get(self._stop_type, "stop"))
@@ -298,7 +294,7 @@ class TokenStream:
         self._finish("cancelled")
 
     def __del__(self) -> None:
-        # EventStream closes its own response when dropped; nothing async can run here.
+        # Dropped unfinished: close the response now (synchronously; nothing can be awaited here).
         if self.finish_reason is None:
             self._events.close()
 
@@ -407,7 +403,7 @@ class TextModel:
         body.update(config.extra_body)
         return body
 
-    def generate(self, prompt: str, config: GenerateConfig | None = None, /, **options: Any) -> TokenStream:
+    def generate(self, prompt: str, config: GenerateConfig | None = None, **options: Any) -> TokenStream:
         """Stream the continuation of ``prompt``.
 
         ``options`` are :class:`~rocm_infer.config.GenerateConfig` fields that
@@ -431,7 +427,6 @@ class TextModel:
         self,
         messages: Iterable[Message | Mapping[str, Any]],
         config: GenerateConfig | None = None,
-        /,
         **options: Any,
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (the model's chat template applies).
@@ -468,7 +463,7 @@ class TextModel:
         return [task.result() for task in tasks]
 
     async def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, /, **options: Any
+        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
     ) -> list[BatchResult]:
         """Generate for every prompt, concurrently across llama-server's slots.
 
@@ -498,7 +493,6 @@ class TextModel:
         self,
         prompts: Sequence[str],
         config: GenerateConfig | None = None,
-        /,
         *,
         top_logprobs: int = 5,
         **options: Any,

@@ -362,3 +362,12 @@ async def test_model_info_and_repr(model: TextModel) -> None:
     assert model.server is not None
     assert model.server._api_key not in repr(model)
     assert "llama" in repr(model)
+
+
+async def test_config_can_be_passed_by_keyword_and_options_override_it(model: TextModel) -> None:
+    config = GenerateConfig(max_tokens=3, ignore_eos=True)
+    assert len([t async for t in model.generate("hi", config=config)]) == 3
+    assert len([t async for t in model.generate("hi", config, max_tokens=5)]) == 5
+    assert len([t async for t in model.chat([Message("user", "hi")], config=config)]) == 3
+    results = await model.batch_generate(["a", "b"], config=config)
+    assert [len(r.tokens) for r in results] == [3, 3]
