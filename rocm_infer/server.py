@@ -207,8 +207,10 @@ class LlamaServer:
             if self._exit_task.done():
                 raise await self._start_error("llama-server exited during start-up")
             try:
-                await self._client.health()
-                return
+                health = await self._client.health()
+                if health.get("status") == "ok":
+                    return
+                last_status = f"/health answered {health!r}"
             except APIError as exc:
                 if exc.status != 503:
                     raise await self._start_error(f"llama-server /health answered {exc}") from exc

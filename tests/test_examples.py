@@ -1,0 +1,51 @@
+"""The examples run as users run them, against a real llama-server, and say what they promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, model: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), str(model)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_demo_streams_and_reports_speed(tiny_model_path: Path) -> None:
+    out = run_example("demo.py", tiny_model_path)
+    assert "200 tokens (length)" in out
+    assert "tokens/s" in out and "llama-server stopped." in out
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_stream_example(tiny_model_path: Path) -> None:
+    out = run_example("stream.py", tiny_model_path)
+    assert "GenerateMetrics(" in out and "generated_tokens=" in out
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_chat_example_keeps_a_history(tiny_model_path: Path) -> None:
+    out = run_example("chat.py", tiny_model_path)
+    assert "> What is a GPU?" in out and "> And a CPU?" in out
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_cancel_example_frees_the_slot(tiny_model_path: Path) -> None:
+    out = run_example("cancel.py", tiny_model_path)
+    assert "stopped after 10 tokens: finish_reason='cancelled'" in out
+    assert "every slot idle" in out and "next generation:" in out
