@@ -29,7 +29,7 @@ from types import TracebackType
 import anyio
 
 from .client import LlamaServerClient
-from .errors import APIError, ConnectionError, ModelClosedError, ServerStartError, TimeoutError
+from .errors import APIError, ConnectionError, ModelClosedError, ServerStartError
 
 __all__ = ["LlamaServer"]
 
@@ -207,7 +207,9 @@ class LlamaServer:
             if self._exit_task.done():
                 raise await self._start_error("llama-server exited during start-up")
             try:
-                health = await self._client.health()
+                # A server that accepts but never answers must not outlast startup_timeout.
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+                    health = await self._client.health()
                 if health.get("status") == "ok":
                     return
                 last_status = f"/health answered {health!r}"
@@ -215,8 +217,10 @@ class LlamaServer:
                 if exc.status != 503:
                     raise await self._start_error(f"llama-server /health answered {exc}") from exc
                 last_status = "loading the model (503)"
-            except (ConnectionError, TimeoutError):
+            except ConnectionError:
                 last_status = "not accepting connections yet"
+            except builtins.TimeoutError:  # also the SDK's own TimeoutError
+                last_status = "/health did not answer"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise await self._start_error(

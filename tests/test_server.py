@@ -337,6 +337,30 @@ async def test_never_healthy_times_out(tmp_path: Path) -> None:
     assert_all_runs_gone(tmp_path)
 
 
+_ACCEPTS_BUT_NEVER_ANSWERS = """
+import socket
+listener = socket.socket()
+listener.bind((HOST, PORT))
+listener.listen(16)
+held = []
+while True:
+    held.append(listener.accept()[0])  # read nothing, answer nothing
+"""
+
+
+async def test_health_that_never_answers_still_times_out(tmp_path: Path) -> None:
+    binary = make_fake(tmp_path, _ACCEPTS_BUT_NEVER_ANSWERS)
+    server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    # The health request itself (30 s request timeout) did not outlast startup_timeout.
+    assert loop.time() - started < 10
+    assert "did not become healthy within 1s (last: /health did not answer)" in str(excinfo.value)
+    assert_all_runs_gone(tmp_path)
+
+
 async def test_health_answers_error_status(tmp_path: Path) -> None:
     binary = make_fake(tmp_path, "serve(lambda: 500)\n")
     server = LlamaServer(binary, [], startup_timeout=30)
