@@ -492,7 +492,11 @@ class _MetadataParser:
             return self.array(depth)
         r.fail(f"unknown value type id {vtype}", type_offset)
 
-    def array(self, depth: int) -> object:
+    def array_header(self, depth: int) -> tuple[int, int, int]:
+        """Read an array's item type and length, checked against the bytes left.
+
+        Returns ``(item_type, length, type_offset)``.
+        """
         r = self.r
         if depth >= _MAX_ARRAY_NESTING:
             r.fail(f"arrays nested more than {_MAX_ARRAY_NESTING} deep", r.pos)
@@ -509,6 +513,11 @@ class _MetadataParser:
                 f"{r.remaining()} bytes left in the file",
                 length_offset,
             )
+        return item_type, length, type_offset
+
+    def array(self, depth: int) -> object:
+        r = self.r
+        item_type, length, type_offset = self.array_header(depth)
         if length <= self.max_array_items:
             fmt = _SCALAR_FORMATS.get(item_type)
             if fmt is not None:
@@ -529,20 +538,7 @@ class _MetadataParser:
             r.skip_string_array(length)
         else:  # nested arrays: every item has its own type and length
             for _ in range(length):
-                if depth + 1 >= _MAX_ARRAY_NESTING:
-                    r.fail(f"arrays nested more than {_MAX_ARRAY_NESTING} deep", r.pos)
-                type_offset = r.pos
-                inner_type = r.u32("the item type of an array")
-                min_size = _MIN_ITEM_SIZES.get(inner_type)
-                if min_size is None:
-                    r.fail(f"unknown array item type id {inner_type}", type_offset)
-                length_offset = r.pos
-                inner_length = r.u64("the length of an array")
-                if inner_length > r.remaining() // min_size:
-                    r.fail(
-                        f"array of {inner_length} items cannot fit in the {r.remaining()} bytes left",
-                        length_offset,
-                    )
+                inner_type, inner_length, _ = self.array_header(depth + 1)
                 self.skip_items(inner_type, inner_length, depth + 1)
 
     def key_values(self, kv_count: int) -> dict[str, object]:
