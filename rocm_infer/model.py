@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -116,6 +117,7 @@ class TokenStream:
         "_final",
         "_prompt_tokens",
         "_stop_type",
+        "_unraised",
         "finish_reason",
         "metrics",
         "error",
@@ -136,6 +138,7 @@ class TokenStream:
         self._final: JSON | None = None
         self._prompt_tokens: int | None = None
         self._stop_type: object = None  # the server's own word for why it stopped
+        self._unraised: BaseException | None = None  # an error set from outside, for the reader
         self.finish_reason: FinishReason | None = None
         self.metrics: GenerateMetrics | None = None
         self.error: BaseException | None = None
@@ -164,6 +167,9 @@ class TokenStream:
             self._pos = pos + 1
             return buffer[pos]
         if self.finish_reason is not None:
+            if self._unraised is not None:
+                error, self._unraised = self._unraised, None
+                raise error
             raise StopAsyncIteration
         await self._fill()
         if not self._buffer:
@@ -183,6 +189,10 @@ class TokenStream:
                 self._finish("cancelled")
                 raise
             except RocmInferError as exc:
+                if self._unraised is not None:
+                    # The model was closed under this stream: say so, not "connection lost".
+                    error, self._unraised = self._unraised, None
+                    raise error from exc
                 error = await self._model._translate_failure(exc)
                 self._finish("error", error)
                 if error is exc:
@@ -285,6 +295,12 @@ class TokenStream:
         """Stop the generation and close the response. Idempotent."""
         self._finish("cancelled")
 
+    def _abort(self, error: BaseException) -> None:
+        """End the stream from outside (its model is closing); the reader gets ``error``."""
+        if self.finish_reason is None:
+            self._unraised = error
+            self._finish("error", error)
+
     async def __aenter__(self) -> TokenStream:
         return self
 
@@ -335,6 +351,9 @@ class TextModel:
         self._closed = False
         self._dead: ServerExitedError | None = None
         self._slots = asyncio.Semaphore(max(1, info.parallel_slots))
+        # Open streams, so close() can end them before stopping the server: llama-server
+        # does not exit on SIGTERM while it is still streaming a response.
+        self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "dead" if self._dead else "ready"
@@ -420,8 +439,9 @@ class TextModel:
         self._check_usable()
         body = self._sampling_body(cfg, chat=False)
         body["prompt"] = prompt
-        events = self._client.stream_completion(body)
-        return TokenStream(self, events, chat=False, stop_tokens=cfg.stop_tokens)
+        stream = TokenStream(self, self._client.stream_completion(body), chat=False, stop_tokens=cfg.stop_tokens)
+        self._streams.add(stream)
+        return stream
 
     def chat(
         self,
@@ -448,8 +468,9 @@ class TextModel:
         body.setdefault("logprobs", True)
         body.setdefault("top_logprobs", 1)
         body.setdefault("post_sampling_probs", True)
-        events = self._client.stream_chat_completion(body)
-        return TokenStream(self, events, chat=True, stop_tokens=cfg.stop_tokens)
+        stream = TokenStream(self, self._client.stream_chat_completion(body), chat=True, stop_tokens=cfg.stop_tokens)
+        self._streams.add(stream)
+        return stream
 
     async def _gather_limited(self, calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
         """Run ``calls`` concurrently, at most one per llama-server slot at a time."""
@@ -550,10 +571,15 @@ class TextModel:
     async def close(self) -> None:
         """Stop the supervised llama-server (SIGTERM, then SIGKILL) and close the
         HTTP client. A model made by connect() leaves its server running.
-        Idempotent; completes even if the calling task is cancelled."""
+
+        Streams still open are closed first; their readers get
+        :class:`~rocm_infer.errors.ModelClosedError`. Idempotent; completes
+        even if the calling task is cancelled."""
         if self._closed:
             return
         self._closed = True
+        for stream in list(self._streams):
+            stream._abort(ModelClosedError("the model was closed while this stream was open"))
         if self._server is not None:
             await self._server.stop()  # also closes the server's client, which is ours
         else:

@@ -29,7 +29,7 @@ from types import TracebackType
 import anyio
 
 from .client import LlamaServerClient
-from .errors import APIError, ConnectionError, ModelClosedError, ServerStartError
+from .errors import APIError, ConnectionError, ModelClosedError, RocmInferError, ServerStartError
 
 __all__ = ["LlamaServer"]
 
@@ -40,6 +40,8 @@ HOST = "127.0.0.1"
 # Lines llama-server prints when it is (nearly) ready: seeing one makes the
 # health check run at once instead of at the next poll.
 _READY_HINTS = (b"model loaded", b"listening on")
+# Longest wait, on stop, for slots to go idle before SIGTERM (see _wait_idle).
+_IDLE_BEFORE_STOP = 1.0
 # Longest line kept in the output tail; the rest of a longer line is dropped.
 _MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
@@ -65,9 +67,9 @@ class LlamaServer:
     :meth:`start` raises :class:`~rocm_infer.errors.ServerStartError` (with
     ``returncode`` and ``output_tail``) if the process exits or does not
     become healthy within ``startup_timeout`` seconds, and leaves no process
-    behind. :meth:`stop` sends SIGTERM, waits ``stop_timeout`` seconds, then
-    SIGKILL, and always reaps; it is idempotent and finishes its work even if
-    the calling task is cancelled.
+    behind. :meth:`stop` waits up to a second for busy slots to go idle, sends
+    SIGTERM, waits ``stop_timeout`` seconds, then SIGKILL, and always reaps; it
+    is idempotent and finishes its work even if the calling task is cancelled.
     """
 
     def __init__(
@@ -326,13 +328,35 @@ class LlamaServer:
                         await asyncio.shield(self._drain_task)
                     self._drain_task.cancel()
 
+    async def _wait_idle(self, within: float) -> None:
+        """Give slots whose clients just went away a moment to notice.
+
+        llama-server does not exit on SIGTERM while a slot is still processing
+        (it was seen waiting until SIGKILL), and a slot notices a closed
+        connection only at its next token, so stop() waits, briefly and
+        bounded, for every slot to be idle before sending SIGTERM.
+        """
+        if self._client is None or self._process is None or self._process.returncode is not None:
+            return
+        with anyio.move_on_after(within), contextlib.suppress(RocmInferError):
+            while True:
+                slots = await self._client.slots()
+                if not isinstance(slots, list) or not any(
+                    isinstance(slot, dict) and slot.get("is_processing") for slot in slots
+                ):
+                    return
+                await asyncio.sleep(0.005)
+
     async def stop(self) -> int | None:
         """Stop llama-server (see the class docs) and return its exit status. Idempotent."""
         if self._stopped:
             return self.returncode
         self._stopped = True
         try:
-            await self._terminate()
+            try:
+                await self._wait_idle(_IDLE_BEFORE_STOP)
+            finally:
+                await self._terminate()  # also when cancelled while waiting
         finally:
             if self._client is not None:
                 with anyio.CancelScope(shield=True):

@@ -371,3 +371,26 @@ async def test_config_can_be_passed_by_keyword_and_options_override_it(model: Te
     assert len([t async for t in model.chat([Message("user", "hi")], config=config)]) == 3
     results = await model.batch_generate(["a", "b"], config=config)
     assert [len(r.tokens) for r in results] == [3, 3]
+
+
+async def test_close_ends_open_streams_with_model_closed(tiny_model_path: Path, no_leaked_servers: None) -> None:
+    model = await rocm_infer.load_model(tiny_model_path)
+    assert model.server is not None
+    reading = model.generate("tell me a story", **LONG)
+    unread = model.generate("never iterated", **LONG)
+    received = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in reading:
+            received.set()
+
+    task = asyncio.create_task(consume())
+    await received.wait()
+    await model.close()
+    with pytest.raises(ModelClosedError):
+        await task
+    with pytest.raises(ModelClosedError):
+        await unread.__anext__()
+    assert reading.finish_reason == unread.finish_reason == "error"
+    # The streams were closed before SIGTERM, so llama-server exited cleanly instead of being killed.
+    assert model.server.returncode == 0
