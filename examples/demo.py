@@ -22,14 +22,18 @@ async def main() -> None:
         prompt = "Once upon a time"
         print(prompt, end="", flush=True)
         stream = model.generate(prompt, max_tokens=200, ignore_eos=True)
+        first = 0.0
         async for token in stream:
+            first = first or time.perf_counter()
             print(token.text, end="", flush=True)
+        received = time.perf_counter() - first
         metrics = stream.metrics
         assert metrics is not None
         print(
             f"\n\n{metrics.generated_tokens} tokens ({stream.finish_reason}); "
             f"time to first token {metrics.time_to_first_token * 1000:.1f} ms; "
-            f"llama-server decoded {metrics.decode_tokens_per_sec:.0f} tokens/s"
+            f"llama-server decoded {metrics.decode_tokens_per_sec:.0f} tokens/s, "
+            f"rocm_infer received {(metrics.generated_tokens - 1) / received:.0f} tokens/s"
         )
     print("llama-server stopped.")
 
