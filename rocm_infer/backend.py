@@ -125,12 +125,14 @@ def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[s
     return args
 
 
-def _preflight(path: str, adapter_path: str | None) -> GGUFHeader:
-    """File checks that need no process (blocking I/O: run in a worker thread)."""
+def _preflight(path: str, config: LoadConfig) -> tuple[str, GGUFHeader]:
+    """Everything that can be checked before a process starts: the binary, the
+    model file, the adapter. Blocking file I/O, so it runs in a worker thread."""
+    binary = find_llama_server(config.server_path)
     model_path = check_gguf_file(path)
-    if adapter_path is not None and not os.path.isfile(adapter_path):
-        raise ModelNotFoundError(adapter_path)
-    return read_gguf_header(model_path)
+    if config.adapter_path is not None and not os.path.isfile(config.adapter_path):
+        raise ModelNotFoundError(config.adapter_path)
+    return binary, read_gguf_header(model_path)
 
 
 @runtime_checkable
@@ -182,8 +184,7 @@ class LlamaCppBackend:
         ``ServerStartError`` if llama-server fails to start (nothing is left
         running). Cancelling the call stops the half-started server.
         """
-        binary = find_llama_server(config.server_path)
-        header = await anyio.to_thread.run_sync(_preflight, path, config.adapter_path)
+        binary, header = await anyio.to_thread.run_sync(_preflight, path, config)
         model_path = header.path
         context_len = _context_len(config, header.context_length)
         server = LlamaServer(
