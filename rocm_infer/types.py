@@ -32,9 +32,11 @@ class Token:
 
     ``id`` is the vocabulary id llama-server sampled. ``text`` is the text that
     became printable with this token: usually the token's own piece, but ``""``
-    while llama-server holds text back (a possible stop string in progress) and
-    more than one piece when held-back text or a multi-byte character is
-    released. Joining the ``text`` of every token gives the exact output.
+    while llama-server holds text back (a possible stop string in progress),
+    and more than one piece when held-back text is released. A token whose
+    piece ends inside a multi-byte UTF-8 character is not reported on its own
+    (llama-server sends nothing for it); its bytes arrive with the next token.
+    Joining the ``text`` of every token always gives the exact output.
     """
 
     id: int
