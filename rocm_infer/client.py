@@ -18,9 +18,12 @@ connection costs tens of microseconds, far less than a retry.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import logging
+import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -147,7 +150,10 @@ class LlamaServerClient:
         self._owns_session = session is None
         self._closed = False
         self._request_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
+        # No sock_read here: aiohttp would re-arm a timer on every read. EventStream
+        # enforces idle_timeout with one lazily re-armed timer instead.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self.idle_timeout = idle_timeout
 
     def __repr__(self) -> str:
         return f"LlamaServerClient({self.base_url!r}{', closed' if self._closed else ''})"
@@ -294,6 +300,10 @@ class EventStream:
         "_error",
         "_done",
         "_closed",
+        "_last_read",
+        "_clock",
+        "_watchdog",
+        "_idle",
         "__weakref__",
     )
 
@@ -310,6 +320,10 @@ class EventStream:
         self._error: Exception | None = None
         self._done = False  # the terminator was seen
         self._closed = False
+        self._last_read = 0.0
+        self._clock = time.monotonic
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._idle = False  # closed by the watchdog: the server went silent
 
     @property
     def url(self) -> str:
@@ -328,6 +342,30 @@ class EventStream:
             except BaseException:
                 self._closed = True
                 raise
+            timeout = self._client.idle_timeout
+            if timeout is not None:
+                loop = asyncio.get_running_loop()
+                self._clock = loop.time
+                self._last_read = loop.time()
+                self._watchdog = loop.call_later(timeout, _check_idle, weakref.ref(self))
+
+    def _check_idle(self) -> None:
+        """Close the response if nothing was read for idle_timeout, else re-arm.
+
+        Reads only record the time; the timer is re-armed once per timeout
+        period, not once per read, which keeps the per-token path free of
+        timer work.
+        """
+        timeout = self._client.idle_timeout
+        assert timeout is not None
+        loop = asyncio.get_running_loop()
+        remaining = self._last_read + timeout - loop.time()
+        if remaining > 0:
+            self._watchdog = loop.call_later(remaining, _check_idle, weakref.ref(self))
+            return
+        self._watchdog = None
+        self._idle = True
+        self.close()  # wakes the reader, which raises the TimeoutError
 
     async def read_batch(self) -> list[JSON]:
         """Return the next events: at least one, all that are already decoded.
@@ -355,9 +393,15 @@ class EventStream:
             chunk = await response.content.readany()
         except BaseException as exc:
             self.close()
+            if self._idle:
+                raise self._idle_error() from exc
             if isinstance(exc, aiohttp.ClientError | OSError | builtins.TimeoutError):
                 raise _translate(exc, self.url) from exc
             raise
+        if self._idle:
+            raise self._idle_error()
+        if self._watchdog is not None:
+            self._last_read = self._clock()
         try:
             events = self._decoder.feed(chunk) if chunk else self._decoder.end()
         except SSELineTooLongError as exc:
@@ -407,8 +451,16 @@ class EventStream:
             self._pending.extend(batch)
         return self._pending.popleft()
 
+    def _idle_error(self) -> TimeoutError:
+        return TimeoutError(
+            f"llama-server sent nothing for {self._client.idle_timeout:g}s on {self._path}; the response was closed"
+        )
+
     def close(self) -> None:
         """Close the response now, without waiting. Idempotent."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._closed:
             return
         self._closed = True
@@ -435,3 +487,10 @@ class EventStream:
         # A stream dropped unfinished must not keep llama-server generating.
         if not self._closed and self._response is not None:
             self._response.close()
+
+
+def _check_idle(ref: weakref.ref[EventStream]) -> None:
+    # The timer holds only a weak reference, so a dropped stream is still collected (and closed).
+    stream = ref()
+    if stream is not None:
+        stream._check_idle()

@@ -752,8 +752,9 @@ async def test_idle_timeout(fake: FakeServer) -> None:
 
 async def test_pings_keep_an_idle_stream_alive(fake: FakeServer) -> None:
     chunks = [token(0)] + [b": ping\n\n"] * 6 + [STOP]
-    fake.reply_stream(chunks, delay=0.05)  # the whole stream outlasts the idle timeout; no single gap does
-    async with LlamaServerClient(fake.url, idle_timeout=0.5) as client:
+    # 8 gaps of 0.1 s: the whole stream outlasts the idle timeout (the watchdog must re-arm); no gap does.
+    fake.reply_stream(chunks, delay=0.1)
+    async with LlamaServerClient(fake.url, idle_timeout=0.35) as client:
         events = [e async for e in client.stream_completion({})]
     assert len(events) == 2
 
