@@ -86,17 +86,17 @@ def _error_from_payload(payload: object, *, status: int | None, url: str) -> API
 def _translate(exc: BaseException, url: str) -> Exception:
     """Map an aiohttp/OS/asyncio exception to the SDK's exception."""
     if isinstance(exc, aiohttp.ServerTimeoutError | builtins.TimeoutError):
-        return TimeoutError(f"timed out talking to llama-server at {url}")
+        return TimeoutError(f"timed out talking to llama-server at {url}", url=url)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return ProtocolError(f"llama-server response body broke off ({url}): {exc}")
+        return ProtocolError(f"llama-server response body broke off ({url}): {exc}", url=url)
     if isinstance(exc, aiohttp.ClientResponseError):
         # The client never calls raise_for_status, so aiohttp raises this only
         # for a response it could not parse (its status is aiohttp's, not the
         # server's) or for redirects: the protocol broke, the API did not answer.
-        return ProtocolError(f"llama-server sent a malformed HTTP response ({url}): {exc.message}")
+        return ProtocolError(f"llama-server sent a malformed HTTP response ({url}): {exc.message}", url=url)
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ConnectionError(f"connection to llama-server failed ({url}): {exc}", url=url)
-    return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}")
+    return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}", url=url)
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
@@ -197,7 +197,7 @@ class LlamaServerClient:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
-            raise ProtocolError(f"llama-server sent invalid JSON from {path}: {raw[:200]!r}") from exc
+            raise ProtocolError(f"llama-server sent invalid JSON from {path}: {raw[:200]!r}", url=url) from exc
         if isinstance(payload, dict) and "error" in payload:
             raise _error_from_payload(payload, status=None, url=url)
         return payload
@@ -406,7 +406,7 @@ class EventStream:
             events = self._decoder.feed(chunk) if chunk else self._decoder.end()
         except SSELineTooLongError as exc:
             self.close()
-            raise ProtocolError(f"llama-server sent an over-long SSE line ({self.url}): {exc}") from exc
+            raise ProtocolError(f"llama-server sent an over-long SSE line ({self.url}): {exc}", url=self.url) from exc
         for event in events:
             self._handle(event.data)
             if self._done or self._error is not None:
@@ -418,7 +418,8 @@ class EventStream:
             self.close()
             expected = "[DONE]" if self._terminator == "done" else 'an event with "stop": true'
             self._error = ProtocolError(
-                f"llama-server's stream from {self._path} ended before {expected}: the response is incomplete"
+                f"llama-server's stream from {self._path} ended before {expected}: the response is incomplete",
+                url=self.url,
             )
 
     def _handle(self, data: str) -> None:
@@ -428,10 +429,12 @@ class EventStream:
         try:
             payload = json.loads(data)
         except ValueError:
-            self._error = ProtocolError(f"llama-server sent an event that is not JSON: {data[:200]!r}")
+            self._error = ProtocolError(f"llama-server sent an event that is not JSON: {data[:200]!r}", url=self.url)
             return
         if not isinstance(payload, dict):
-            self._error = ProtocolError(f"llama-server sent an event that is not a JSON object: {data[:200]!r}")
+            self._error = ProtocolError(
+                f"llama-server sent an event that is not a JSON object: {data[:200]!r}", url=self.url
+            )
             return
         if "error" in payload:
             self._error = _error_from_payload(payload, status=None, url=self.url)
@@ -453,7 +456,8 @@ class EventStream:
 
     def _idle_error(self) -> TimeoutError:
         return TimeoutError(
-            f"llama-server sent nothing for {self._client.idle_timeout:g}s on {self._path}; the response was closed"
+            f"llama-server sent nothing for {self._client.idle_timeout:g}s on {self._path}; the response was closed",
+            url=self.url,
         )
 
     def close(self) -> None:

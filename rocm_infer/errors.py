@@ -179,11 +179,25 @@ class ContextLengthError(APIError):
 
 
 class ProtocolError(RocmInferError):
-    """A response broke the SSE or JSON protocol (or ended too early)."""
+    """A response broke the SSE or JSON protocol (or ended too early).
+
+    ``url`` is the request's URL when known.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class TimeoutError(RocmInferError, builtins.TimeoutError):
-    """A deadline passed (start-up, a request, or a silent stream)."""
+    """A deadline passed (a request, or a stream that went silent).
+
+    ``url`` is the request's URL when known.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class ModelClosedError(RocmInferError):

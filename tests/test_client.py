@@ -610,6 +610,7 @@ async def test_stream_ending_before_terminator(fake: FakeServer, client: LlamaSe
     assert len(got) == 2  # the events before the break still came out
     assert not stream.completed
     assert "[DONE]" in str(info.value) if kind == "chat" else "stop" in str(info.value)
+    assert info.value.url == stream.url
     assert [e async for e in stream] == []
 
 
@@ -746,6 +747,7 @@ async def test_idle_timeout(fake: FakeServer) -> None:
         with pytest.raises(TimeoutError) as info:
             await collect(stream, got)
     assert isinstance(info.value, builtins.TimeoutError) and isinstance(info.value, RocmInferError)
+    assert info.value.url == fake.url + "/completion"
     assert len(got) == 1
     await fake.wait_disconnected()
 

@@ -394,3 +394,16 @@ async def test_close_ends_open_streams_with_model_closed(tiny_model_path: Path, 
     assert reading.finish_reason == unread.finish_reason == "error"
     # The streams were closed before SIGTERM, so llama-server exited cleanly instead of being killed.
     assert model.server.returncode == 0
+
+
+async def test_repeated_prompt_reports_cached_tokens(tiny_model_path: Path, no_leaked_servers: None) -> None:
+    prompt = "the quick brown fox jumps over the lazy dog " * 4
+    async with rocm_infer.load_model(tiny_model_path, parallel_slots=1) as model:
+        first = model.generate(prompt, max_tokens=4, ignore_eos=True)
+        await first.collect()
+        second = model.generate(prompt, max_tokens=4, ignore_eos=True)
+        await second.collect()
+    assert first.metrics is not None and second.metrics is not None
+    assert first.metrics.cached_tokens == 0
+    assert second.metrics.prompt_tokens == first.metrics.prompt_tokens  # the whole prompt, cached part included
+    assert 0 < second.metrics.cached_tokens < second.metrics.prompt_tokens
