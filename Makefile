@@ -21,8 +21,8 @@ demo: $(VENV)/.demo
 	$(BIN)/python examples/demo.py
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check rocm_infer tests examples scripts
-	$(BIN)/ruff format --check rocm_infer tests examples scripts
+	$(BIN)/ruff check rocm_infer tests examples scripts benchmarks
+	$(BIN)/ruff format --check rocm_infer tests examples scripts benchmarks
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy --strict rocm_infer

@@ -15,8 +15,14 @@ DEMO_MODEL = ROOT / ".cache" / "demo" / "tiny-llama.gguf"
 
 
 def model_path() -> Path:
+    """The model named on the command line, else the demo model."""
     if len(sys.argv) > 1:
         return Path(sys.argv[1])
+    return demo_model()
+
+
+def demo_model() -> Path:
+    """The tiny demo model, made on first use."""
     if not DEMO_MODEL.exists():
         sys.path.insert(0, str(ROOT / "scripts"))
         from tiny_model import make_tiny_model

@@ -49,3 +49,23 @@ def test_cancel_example_frees_the_slot(tiny_model_path: Path) -> None:
     out = run_example("cancel.py", tiny_model_path)
     assert "stopped after 10 tokens: finish_reason='cancelled'" in out
     assert "every slot idle" in out and "next generation:" in out
+
+
+def run_benchmark(name: str, model: Path) -> str:
+    script = EXAMPLES.parent / "benchmarks" / name
+    result = subprocess.run(
+        [sys.executable, str(script), str(model), "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_benchmarks_run(tiny_model_path: Path) -> None:
+    # Figures are not checked here (timings belong to benchmark runs): only that the scripts still work.
+    assert run_benchmark("cancel_to_idle.py", tiny_model_path).count("cancel -> all slots idle") == 3
+    assert run_benchmark("stream_rate.py", tiny_model_path).count("SDK / server rate") == 3
