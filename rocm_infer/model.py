@@ -88,6 +88,15 @@ def _metrics_from(
 _STOP_TYPES: dict[object, FinishReason] = {"eos": "stop", "word": "stop", "limit": "length", "length": "length"}
 
 
+def _prompt_list(prompts: Iterable[str]) -> list[str]:
+    if isinstance(prompts, str | bytes):
+        raise TypeError("prompts must be a sequence of str, not a single string")
+    listed = list(prompts)
+    if not all(isinstance(p, str) for p in listed):
+        raise TypeError("prompts must be a sequence of str")
+    return listed
+
+
 class TokenStream:
     """The tokens of one generation, as they arrive.
 
@@ -479,12 +488,16 @@ class TextModel:
             async with self._slots:
                 return await call()
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(limited(call)) for call in calls]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(limited(call)) for call in calls]
+        except BaseExceptionGroup as failed:
+            # Callers get the SDK's own exception, as from any other call, not a group.
+            raise failed.exceptions[0] from None
         return [task.result() for task in tasks]
 
     async def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self, prompts: Iterable[str], config: GenerateConfig | None = None, **options: Any
     ) -> list[BatchResult]:
         """Generate for every prompt, concurrently across llama-server's slots.
 
@@ -492,8 +505,7 @@ class TextModel:
         a prompt that fails has its ``error`` set and does not stop the others.
         Cancelling the call cancels every generation.
         """
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a sequence of str")
+        prompts = _prompt_list(prompts)
         cfg = GenerateConfig.build(config, **options)
         self._check_usable()
 
@@ -512,7 +524,7 @@ class TextModel:
 
     async def classify(
         self,
-        prompts: Sequence[str],
+        prompts: Iterable[str],
         config: GenerateConfig | None = None,
         *,
         top_logprobs: int = 5,
@@ -525,8 +537,7 @@ class TextModel:
         log-probabilities (before sampling). Raises the first error any prompt
         hit; the other requests are cancelled.
         """
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a sequence of str")
+        prompts = _prompt_list(prompts)
         if not isinstance(top_logprobs, int) or top_logprobs < 1:
             raise ValueError(f"top_logprobs must be an int >= 1, got {top_logprobs!r}")
         cfg = GenerateConfig.build(config, **options)

@@ -407,3 +407,14 @@ async def test_repeated_prompt_reports_cached_tokens(tiny_model_path: Path, no_l
     assert first.metrics.cached_tokens == 0
     assert second.metrics.prompt_tokens == first.metrics.prompt_tokens  # the whole prompt, cached part included
     assert 0 < second.metrics.cached_tokens < second.metrics.prompt_tokens
+
+
+async def test_classify_raises_the_sdk_error_not_a_group(tiny_model_path: Path, no_leaked_servers: None) -> None:
+    async with rocm_infer.load_model(tiny_model_path, context_len=256) as model:
+        with pytest.raises(ContextLengthError):
+            await model.classify(["fine", "long " * 400])
+        # Any iterable of prompts works, a generator included.
+        results = await model.classify(p for p in ["a cat", "a dog"])
+        assert len(results) == 2
+        with pytest.raises(TypeError):
+            await model.classify("one string")
