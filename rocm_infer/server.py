@@ -15,12 +15,14 @@ not show in ``ps`` output, which every local user can read.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import collections
 import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +48,54 @@ _IDLE_BEFORE_STOP = 1.0
 _MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
 _BIND_FAILED = "couldn't bind"
+
+
+# Processes started and not yet reaped. If the interpreter exits with some still
+# running (a model never closed, a loop that ended first), an exit hook stops them.
+_running: set[int] = set()
+_exit_hook_installed = False
+_EXIT_GRACE = 1.0
+
+
+def _track(pid: int) -> None:
+    global _exit_hook_installed
+    if not _exit_hook_installed:  # installed on first use: no import-time side effects
+        atexit.register(_stop_all_at_exit)
+        _exit_hook_installed = True
+    _running.add(pid)
+
+
+def _untrack(pid: int) -> None:
+    _running.discard(pid)
+
+
+def _stop_all_at_exit() -> None:
+    """SIGTERM every llama-server still running, SIGKILL those alive after a grace period, reap all."""
+    pids = sorted(_running)
+    if not pids:
+        return
+    logger.warning("stopping llama-server pid(s) %s at exit: a model was not closed", pids)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _EXIT_GRACE
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already (by asyncio's child watcher)
+                reaped = pid
+            if reaped:
+                left.discard(pid)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    _running.clear()
 
 
 def free_port(host: str = HOST) -> int:
@@ -199,6 +249,7 @@ class LlamaServer:
         self._drain_task = asyncio.create_task(self._drain(self._process.stdout, self._process.pid))
         self._exit_task = asyncio.create_task(self._process.wait())
         self._exit_task.add_done_callback(self._on_exit)
+        _track(self._process.pid)
         self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self._idle_timeout)
 
     async def _wait_healthy(self) -> None:
@@ -293,7 +344,11 @@ class LlamaServer:
             self._tail.append(partial[:_MAX_TAIL_LINE].decode("utf-8", "replace"))
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
-        if task.cancelled() or self._stopping:
+        if task.cancelled():  # the loop is ending, not the process: it stays tracked
+            return
+        if self._process is not None:
+            _untrack(self._process.pid)
+        if self._stopping:
             return
         logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
 
@@ -321,6 +376,7 @@ class LlamaServer:
                     process.kill()
             with anyio.CancelScope(shield=True):
                 await process.wait()
+                _untrack(process.pid)
                 if self._drain_task is not None:
                     # The pipe reaches EOF once the process is gone; bound it in case a
                     # grandchild kept the pipe open.

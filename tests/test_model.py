@@ -6,6 +6,8 @@ import asyncio
 import gc
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -418,3 +420,34 @@ async def test_classify_raises_the_sdk_error_not_a_group(tiny_model_path: Path, 
         assert len(results) == 2
         with pytest.raises(TypeError):
             await model.classify("one string")
+
+
+_FORGETS_TO_CLOSE = """
+import asyncio, sys
+import rocm_infer
+
+async def main():
+    model = await rocm_infer.load_model(sys.argv[1])
+    stream = model.generate("tell me a story", max_tokens=6000, ignore_eos=True)
+    await stream.__anext__()
+    print(model.server.pid, flush=True)
+    globals()["kept"] = (model, stream)  # never closed, still referenced at exit
+
+asyncio.run(main())
+"""
+
+
+def test_a_model_never_closed_is_stopped_at_exit(tiny_model_path: Path, server_binary: str) -> None:
+    before = llama_server_pids(server_binary)
+    result = subprocess.run(
+        [sys.executable, "-c", _FORGETS_TO_CLOSE, str(tiny_model_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout.split()[0])
+    assert pid not in llama_server_pids(server_binary)
+    assert llama_server_pids(server_binary) == before
+    assert "a model was not closed" in result.stderr
