@@ -117,7 +117,11 @@ class LlamaServer:
     :meth:`start` raises :class:`~rocm_infer.errors.ServerStartError` (with
     ``returncode`` and ``output_tail``) if the process exits or does not
     become healthy within ``startup_timeout`` seconds, and leaves no process
-    behind. :meth:`stop` waits up to a second for busy slots to go idle, sends
+    behind. When the process exits because its port was taken between our
+    choosing it and its binding it, start() tries again on a fresh port (up to
+    ``start_attempts`` in all); any other early exit (a corrupt model, a bad
+    flag) fails at once, since a retry would only fail the same way, slower.
+    :meth:`stop` waits up to a second for busy slots to go idle, sends
     SIGTERM, waits ``stop_timeout`` seconds, then SIGKILL, and always reaps; it
     is idempotent and finishes its work even if the calling task is cancelled.
     """
