@@ -31,24 +31,22 @@ async def all_idle(model: rocm_infer.TextModel) -> float:
         await asyncio.sleep(0.001)
 
 
-async def by_break(model: rocm_infer.TextModel) -> float:
+async def started_stream(model: rocm_infer.TextModel) -> rocm_infer.TokenStream:
+    """A long generation, 50 tokens in."""
     stream = model.generate("tell me a story", **LONG)
-    count = 0
-    async for _ in stream:
-        count += 1
-        if count == 50:
-            break
-    del stream  # dropped unfinished: it closes its response
+    for _ in range(50):
+        await stream.__anext__()
+    return stream
+
+
+async def by_break(model: rocm_infer.TextModel) -> float:
+    stream = await started_stream(model)
+    del stream  # dropped unfinished, as after `break`: it closes its response
     return await all_idle(model)
 
 
 async def by_aclose(model: rocm_infer.TextModel) -> float:
-    stream = model.generate("tell me a story", **LONG)
-    count = 0
-    async for _ in stream:
-        count += 1
-        if count == 50:
-            break
+    stream = await started_stream(model)
     await stream.aclose()
     return await all_idle(model)
 

@@ -13,16 +13,17 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str, model: Path) -> str:
+def run_script(path: Path, *args: str) -> str:
+    """Run a script as a user would; its stdout, after checking it succeeded."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), str(model)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=120, check=False
     )
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def run_example(name: str, model: Path) -> str:
+    return run_script(EXAMPLES / name, str(model))
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
@@ -52,16 +53,7 @@ def test_cancel_example_frees_the_slot(tiny_model_path: Path) -> None:
 
 
 def run_benchmark(name: str, model: Path) -> str:
-    script = EXAMPLES.parent / "benchmarks" / name
-    result = subprocess.run(
-        [sys.executable, str(script), str(model), "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return run_script(EXAMPLES.parent / "benchmarks" / name, str(model), "--rounds", "1")
 
 
 @pytest.mark.usefixtures("no_leaked_servers")

@@ -545,15 +545,20 @@ async def test_stop_before_start(tmp_path: Path) -> None:
 # -- cancellation ----------------------------------------------------------------------------------
 
 
-async def test_cancel_start(tmp_path: Path) -> None:
-    binary = make_fake(tmp_path, "time.sleep(3600)\n")
-    server = LlamaServer(binary, [], startup_timeout=60, stop_timeout=2)
+async def cancel_start(tmp_path: Path, body: str, stop_timeout: float) -> tuple[LlamaServer, int]:
+    """Start a fake that never gets healthy, cancel start() while it waits; the server and its pid."""
+    server = LlamaServer(make_fake(tmp_path, body), [], startup_timeout=60, stop_timeout=stop_timeout)
     task = asyncio.create_task(server.start())
     pid = await wait_for_pid(server)
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    return server, pid
+
+
+async def test_cancel_start(tmp_path: Path) -> None:
+    server, pid = await cancel_start(tmp_path, "time.sleep(3600)\n", stop_timeout=2)
     assert not server.running
     assert server.returncode is not None
     assert_gone(pid)
@@ -561,14 +566,8 @@ async def test_cancel_start(tmp_path: Path) -> None:
 
 
 async def test_cancel_start_of_process_ignoring_sigterm(tmp_path: Path) -> None:
-    binary = make_fake(tmp_path, "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)\n")
-    server = LlamaServer(binary, [], startup_timeout=60, stop_timeout=0.3)
-    task = asyncio.create_task(server.start())
-    pid = await wait_for_pid(server)
-    await asyncio.sleep(0.3)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    body = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)\n"
+    server, pid = await cancel_start(tmp_path, body, stop_timeout=0.3)
     assert server.returncode == -signal.SIGKILL
     assert_gone(pid)
 
