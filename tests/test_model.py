@@ -261,9 +261,10 @@ async def test_batch_generate_keeps_order_and_counts(model: TextModel) -> None:
         assert result.error is None and result.finish_reason == "length"
         assert len(result.tokens) == 10
         assert result.text == "".join(t.text for t in result.tokens)
-    # Each result belongs to its own prompt: the first one matches a lone generation.
-    alone = await model.generate(prompts[0], max_tokens=10, ignore_eos=True).collect()
-    assert results[0].text == alone
+    # Each result belongs to its own prompt, in order: it matches that prompt's lone generation.
+    alone = [await model.generate(p, max_tokens=10, ignore_eos=True).collect() for p in prompts]
+    assert len(set(alone)) == len(prompts)  # distinct, so a mix-up could not go unnoticed
+    assert [r.text for r in results] == alone
 
 
 async def test_batch_generate_reports_per_prompt_errors(tiny_model_path: Path, no_leaked_servers: None) -> None:
