@@ -1,6 +1,6 @@
 """Tokens/s seen through rocm_infer versus llama-server's own reported rate.
 
-    python benchmarks/stream_rate.py [MODEL.gguf] [--rounds N]
+    python benchmarks/stream_rate.py [MODEL.gguf] [--rounds N] [--lengths 64,512,4000]
 
 For each length, the SDK-observed rate (first token to last) is divided by the
 ``predicted_per_second`` llama-server reports for that same request; the
@@ -43,10 +43,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", nargs="?")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lengths", default="64,512,4000", help="comma-separated token counts")
     args = parser.parse_args()
     async with rocm_infer.load_model(args.model or demo_model(), context_len=8192) as model:
         await model.generate("warm up", max_tokens=16).collect()
-        for length in (64, 512, 4000):
+        for length in (int(n) for n in args.lengths.split(",")):
             runs = [await one(model, length) for _ in range(args.rounds)]
             ratio = statistics.median(r for r, _ in runs)
             cpu = statistics.median(c for _, c in runs)

@@ -17,9 +17,20 @@ from tiny_model import make_tiny_model
 import rocm_infer
 from rocm_infer.errors import BinaryNotFoundError
 
+# This run's temporary directory. Every model the tests start a server on lives
+# under it, so a server whose command line names it is this run's: another test
+# run, or a user's own llama-server on the same machine, is never counted.
+_run_dir: str | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mark_this_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    global _run_dir
+    _run_dir = str(tmp_path_factory.getbasetemp())
+
 
 def llama_server_pids(binary: str) -> set[int]:
-    """Pids of live processes running ``binary`` (zombies excluded)."""
+    """Pids of live processes running ``binary`` for this test run (zombies excluded)."""
     real = os.path.realpath(binary)
     pids: set[int] = set()
     for entry in os.listdir("/proc"):
@@ -29,9 +40,11 @@ def llama_server_pids(binary: str) -> set[int]:
             exe = os.readlink(f"/proc/{entry}/exe")
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
         except OSError:
             continue
-        if exe == real and state != "Z":
+        if exe == real and state != "Z" and (_run_dir is None or _run_dir in cmdline):
             pids.add(int(entry))
     return pids
 
