@@ -19,14 +19,18 @@ import atexit
 import builtins
 import collections
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import secrets
 import signal
 import socket
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import anyio
 
@@ -96,6 +100,42 @@ def _stop_all_at_exit() -> None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     _running.clear()
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, on Linux; None elsewhere or if it cannot be found."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when this process dies.
+
+    Linux only (prctl PR_SET_PDEATHSIG): it covers what no exit hook can, a
+    parent killed with SIGKILL or crashing. Elsewhere None: a normal exit is
+    still covered by the exit hook, a killed parent is not.
+    """
+    prctl = _prctl()  # resolved here, in the parent, not after fork
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def free_port(host: str = HOST) -> int:
@@ -243,6 +283,7 @@ class LlamaServer:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             raise ServerStartError(f"could not run llama-server {self.binary!r}: {exc}") from exc

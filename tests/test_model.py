@@ -452,3 +452,33 @@ def test_a_model_never_closed_is_stopped_at_exit(tiny_model_path: Path, server_b
     assert pid not in llama_server_pids(server_binary)
     assert llama_server_pids(server_binary) == before
     assert "a model was not closed" in result.stderr
+
+
+_LOADS_THEN_WAITS = """
+import asyncio, sys
+import rocm_infer
+
+async def main():
+    model = await rocm_infer.load_model(sys.argv[1])
+    print(model.server.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_parent_killed_with_sigkill_takes_its_server_along(tiny_model_path: Path, server_binary: str) -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LOADS_THEN_WAITS, str(tiny_model_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    line = await asyncio.wait_for(parent.stdout.readline(), 60)
+    pid = int(line)
+    assert pid in llama_server_pids(server_binary)
+    parent.kill()  # no exit hook can run: only the kernel's parent-death signal can stop the child
+    await parent.wait()
+    for _ in range(500):
+        if pid not in llama_server_pids(server_binary):
+            break
+        await asyncio.sleep(0.01)
+    assert pid not in llama_server_pids(server_binary)
