@@ -85,7 +85,13 @@ def _metrics_from(
 
 
 # llama-server's stop_type (native API) and finish_reason (OpenAI API) to ours.
-_STOP_TYPES: dict[object, FinishReason] = {"eos": "stop", "word": "stop", "limit": "length", "length": "length"}
+_STOP_TYPES: dict[object, FinishReason] = {
+    "eos": "stop",
+    "word": "stop",
+    "stop_token": "stop",
+    "limit": "length",
+    "length": "length",
+}
 
 
 def _prompt_list(prompts: Iterable[str]) -> list[str]:
@@ -126,6 +132,8 @@ class TokenStream:
         "_final",
         "_prompt_tokens",
         "_stop_type",
+        "_held",
+        "_ended",
         "_unraised",
         "finish_reason",
         "metrics",
@@ -133,7 +141,15 @@ class TokenStream:
         "__weakref__",
     )
 
-    def __init__(self, model: TextModel, events: EventStream, *, chat: bool, stop_tokens: frozenset[int]) -> None:
+    def __init__(
+        self,
+        model: TextModel,
+        events: EventStream,
+        *,
+        chat: bool,
+        stop_tokens: frozenset[int],
+        hold_empty: bool = False,
+    ) -> None:
         self._model = model
         self._events = events
         self._chat = chat
@@ -147,6 +163,11 @@ class TokenStream:
         self._final: JSON | None = None
         self._prompt_tokens: int | None = None
         self._stop_type: object = None  # the server's own word for why it stopped
+        # With stop strings, llama-server sends "" for a token whose text might start a
+        # stop string, and loses that text if the generation then ends on max_tokens.
+        # Such tokens wait here until their text is known (see _end).
+        self._held: list[int] | None = [] if hold_empty else None
+        self._ended = False  # the stream is complete; _fill finishes it
         self._unraised: BaseException | None = None  # an error set from outside, for the reader
         self.finish_reason: FinishReason | None = None
         self.metrics: GenerateMetrics | None = None
@@ -208,12 +229,14 @@ class TokenStream:
                     raise
                 raise error from exc
             if not events:
-                self._finish_from_final()
-                return
+                await self._end()
+                break
             if self._chat:
                 self._on_chat_events(events)
             else:
                 self._on_completion_events(events)
+            if self._ended:
+                await self._end()
         if self._buffer and self._first is None:
             self._first = time.perf_counter()
 
@@ -221,15 +244,22 @@ class TokenStream:
         buffer = self._buffer
         parts = self._parts
         stop_tokens = self._stop_tokens
+        held = self._held
         for event in events:
             ids = event.get("tokens")
             if ids:
                 token_id = ids[-1]
                 if stop_tokens and token_id in stop_tokens:
                     self._final = event
-                    self._finish("stop")  # closes the response: llama-server stops too
+                    self._stop_token()
                     return
                 text = event.get("content", "")
+                if held is not None:
+                    if not text:
+                        held.append(token_id)
+                        continue  # a held token is never the last event (stop comes after)
+                    if held:
+                        self._release_held("")
                 buffer.append(Token(token_id, text))
                 parts.append(text)
                 self._count += 1
@@ -263,14 +293,41 @@ class TokenStream:
             logprobs = (choice.get("logprobs") or {}).get("content") or ()
             token_id = logprobs[-1].get("id", -1) if logprobs else -1
             if stop_tokens and token_id in stop_tokens:
-                self._finish("stop")  # closes the response: llama-server stops too
+                self._stop_token()
                 return
             text = text or ""
             buffer.append(Token(token_id, text))
             parts.append(text)
             self._count += 1
 
-    def _finish_from_final(self) -> None:
+    def _stop_token(self) -> None:
+        self._events.close()  # llama-server stops generating too
+        self._stop_type = "stop_token"
+        self._ended = True
+
+    def _release_held(self, text: str) -> None:
+        """Hand out the held tokens, ``text`` (their recovered text) on the last."""
+        held = self._held
+        assert held
+        self._buffer.extend(Token(token_id, "") for token_id in held[:-1])
+        self._buffer.append(Token(held[-1], text))
+        self._parts.append(text)
+        self._count += len(held)
+        held.clear()
+
+    async def _end(self) -> None:
+        """The stream is complete: settle held tokens, then finish."""
+        if self._held and self._stop_type in ("limit", "stop_token"):
+            # llama-server dropped this text (it never sends held text when the generation
+            # ends on a limit): ask it for the text of those tokens. After a matched stop
+            # string ("word") the held text was the stop string itself and stays out.
+            try:
+                text = await self._model._client.detokenize(list(self._held))
+            except RocmInferError:
+                text = ""
+            self._release_held(text)
+        elif self._held:
+            self._release_held("")
         self._finish(_STOP_TYPES.get(self._stop_type, "stop"))
 
     def _finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
@@ -448,7 +505,13 @@ class TextModel:
         self._check_usable()
         body = self._sampling_body(cfg, chat=False)
         body["prompt"] = prompt
-        stream = TokenStream(self, self._client.stream_completion(body), chat=False, stop_tokens=cfg.stop_tokens)
+        stream = TokenStream(
+            self,
+            self._client.stream_completion(body),
+            chat=False,
+            stop_tokens=cfg.stop_tokens,
+            hold_empty=bool(cfg.stop),
+        )
         self._streams.add(stream)
         return stream
 

@@ -482,3 +482,30 @@ async def test_a_parent_killed_with_sigkill_takes_its_server_along(tiny_model_pa
             break
         await asyncio.sleep(0.01)
     assert pid not in llama_server_pids(server_binary)
+
+
+async def test_text_held_for_a_possible_stop_string_is_not_lost_at_max_tokens(model: TextModel) -> None:
+    # The last word starts a stop string that never completes: llama-server holds that word back
+    # and, streaming, drops it when max_tokens ends the generation. The SDK recovers it.
+    reference = await model.generate("the cat sat", max_tokens=10, ignore_eos=True).collect()
+    stop = " " + reference.split()[-1] + "zzz"
+    stream = model.generate("the cat sat", max_tokens=10, ignore_eos=True, stop=[stop])
+    tokens = [t async for t in stream]
+    assert stream.text == reference
+    assert "".join(t.text for t in tokens) == reference
+    assert len(tokens) == 10 and stream.finish_reason == "length"
+    unstreamed = await model.client.completion(
+        {"prompt": "the cat sat", "n_predict": 10, "temperature": 0, "ignore_eos": True, "stop": [stop]}
+    )
+    assert unstreamed["content"] == reference
+
+
+async def test_held_text_that_was_a_stop_string_stays_out(model: TextModel) -> None:
+    reference = await model.generate("the cat sat", max_tokens=12, ignore_eos=True).collect()
+    words = reference.split()
+    stop = " " + " ".join(words[4:6])  # two words: the first is held back until the second matches
+    stream = model.generate("the cat sat", max_tokens=12, ignore_eos=True, stop=[stop])
+    tokens = [t async for t in stream]
+    assert stream.finish_reason == "stop"
+    assert stream.text == reference[: reference.index(stop)]
+    assert "".join(t.text for t in tokens) == stream.text
