@@ -320,15 +320,20 @@ async def test_binary_that_cannot_run(tmp_path: Path) -> None:
     assert server.pid is None and not server.running
 
 
-async def test_never_healthy_times_out(tmp_path: Path) -> None:
-    binary = make_fake(tmp_path, "print('loading forever', flush=True)\ntime.sleep(3600)\n")
-    server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2)
+async def start_until_timeout(tmp_path: Path, body: str) -> tuple[LlamaServer, ServerStartError]:
+    """Start a fake that never gets healthy with startup_timeout=1; the server and its error."""
+    server = LlamaServer(make_fake(tmp_path, body), [], startup_timeout=1, stop_timeout=2)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(ServerStartError) as excinfo:
         await server.start()
+    # Bounded by startup_timeout, not by anything slower (e.g. a 30 s request timeout).
     assert loop.time() - started < 10
-    err = excinfo.value
+    return server, excinfo.value
+
+
+async def test_never_healthy_times_out(tmp_path: Path) -> None:
+    server, err = await start_until_timeout(tmp_path, "print('loading forever', flush=True)\ntime.sleep(3600)\n")
     assert "did not become healthy within 1s" in str(err)
     assert "not accepting connections" in str(err)
     assert err.returncode == -signal.SIGTERM  # it was stopped by the supervisor
@@ -349,15 +354,8 @@ while True:
 
 
 async def test_health_that_never_answers_still_times_out(tmp_path: Path) -> None:
-    binary = make_fake(tmp_path, _ACCEPTS_BUT_NEVER_ANSWERS)
-    server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(ServerStartError) as excinfo:
-        await server.start()
-    # The health request itself (30 s request timeout) did not outlast startup_timeout.
-    assert loop.time() - started < 10
-    assert "did not become healthy within 1s (last: /health did not answer)" in str(excinfo.value)
+    _, err = await start_until_timeout(tmp_path, _ACCEPTS_BUT_NEVER_ANSWERS)
+    assert "did not become healthy within 1s (last: /health did not answer)" in str(err)
     assert_all_runs_gone(tmp_path)
 
 
