@@ -53,6 +53,9 @@ JSON = dict[str, Any]
 Terminator = Literal["done", "stop"]
 
 _MAX_ERROR_BODY = 64 * 1024
+# Backoff between retries of a request answered 503 (llama-server loading or waking up).
+_UNAVAILABLE_FIRST_DELAY = 0.05
+_UNAVAILABLE_MAX_DELAY = 1.0
 
 
 def _error_from_payload(payload: object, *, status: int | None, url: str) -> APIError:
@@ -129,7 +132,11 @@ class LlamaServerClient:
     client closes only a session it created itself. ``timeout`` bounds each
     non-streaming request; ``idle_timeout`` bounds the silence between two
     reads of a stream (``None``: wait forever). Both raise
-    :class:`~rocm_infer.errors.TimeoutError`.
+    :class:`~rocm_infer.errors.TimeoutError`. A request answered 503 (the
+    model is still loading) is sent again, with backoff, for up to
+    ``unavailable_timeout`` seconds before its APIError is raised; a 503
+    comes before any byte of a response, so nothing is ever retried after a
+    stream has produced events.
 
     Use it as an async context manager or call :meth:`aclose`.
     """
@@ -143,6 +150,7 @@ class LlamaServerClient:
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         idle_timeout: float | None = 120.0,
+        unavailable_timeout: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -154,6 +162,7 @@ class LlamaServerClient:
         # enforces idle_timeout with one lazily re-armed timer instead.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self.idle_timeout = idle_timeout
+        self.unavailable_timeout = unavailable_timeout
 
     def __repr__(self) -> str:
         return f"LlamaServerClient({self.base_url!r}{', closed' if self._closed else ''})"
@@ -172,22 +181,44 @@ class LlamaServerClient:
         return self._session
 
     async def _send(
-        self, method: str, path: str, body: Mapping[str, Any] | None, limits: aiohttp.ClientTimeout
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        limits: aiohttp.ClientTimeout,
+        *,
+        retry_unavailable: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response once its status is known good."""
         url = self.base_url + path
         session = self._get_session()
-        try:
-            response = await session.request(method, url, json=body, headers=self._headers, timeout=limits)
-        except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
-            raise _translate(exc, url) from exc
-        await _raise_for_status(response, url)
-        return response
+        delay = _UNAVAILABLE_FIRST_DELAY
+        give_up_at: float | None = None
+        while True:
+            try:
+                response = await session.request(method, url, json=body, headers=self._headers, timeout=limits)
+            except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
+                raise _translate(exc, url) from exc
+            if response.status == 503 and retry_unavailable:
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.unavailable_timeout
+                if now + delay <= give_up_at:
+                    response.close()
+                    logger.debug("%s %s answered 503; retrying in %.2fs", method, path, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _UNAVAILABLE_MAX_DELAY)
+                    continue
+            await _raise_for_status(response, url)
+            return response
 
     async def request_json(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """Send a non-streaming request and return its decoded JSON body."""
-        url = self.base_url + path
         response = await self._send(method, path, body, self._request_timeout)
+        return await self._read_json(response, self.base_url + path)
+
+    @staticmethod
+    async def _read_json(response: aiohttp.ClientResponse, url: str) -> Any:
         try:
             raw = await response.read()
         except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
@@ -197,7 +228,7 @@ class LlamaServerClient:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
-            raise ProtocolError(f"llama-server sent invalid JSON from {path}: {raw[:200]!r}", url=url) from exc
+            raise ProtocolError(f"llama-server sent invalid JSON from {url}: {raw[:200]!r}", url=url) from exc
         if isinstance(payload, dict) and "error" in payload:
             raise _error_from_payload(payload, status=None, url=url)
         return payload
@@ -206,8 +237,10 @@ class LlamaServerClient:
 
     async def health(self) -> JSON:
         """GET /health. Returns ``{"status": "ok"}``; raises APIError with
-        ``status == 503`` while the model is still loading."""
-        result: JSON = await self.request_json("GET", "/health")
+        ``status == 503`` while the model is still loading (never retried)."""
+        url = self.base_url + "/health"
+        response = await self._send("GET", "/health", None, self._request_timeout, retry_unavailable=False)
+        result: JSON = await self._read_json(response, url)
         return result
 
     async def props(self) -> JSON:

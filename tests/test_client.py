@@ -267,6 +267,7 @@ async def test_health_loading_is_api_error_503(fake: FakeServer, client: LlamaSe
     assert err.message == "Loading model"
     assert err.url == fake.url + "/health"
     assert "503" in str(err)
+    assert len(fake.requests) == 1  # start-up polls /health itself: it is never retried
 
 
 async def test_props_models_slots(fake: FakeServer, client: LlamaServerClient) -> None:
@@ -906,3 +907,114 @@ async def test_external_session_is_not_closed(fake: FakeServer) -> None:
         async with session.get(fake.url + "/health") as response:
             assert await response.json() == {"status": "ok"}
     assert session.closed
+
+
+# -- 503 while loading: retried before the first byte only -------------------------------------
+
+LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+
+
+def unavailable_then(fake: FakeServer, times: int, then: Handler) -> None:
+    """Answer 503 (loading) ``times`` times, then hand requests to ``then``."""
+    count = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal count
+        count += 1
+        if count <= times:
+            return web.json_response(LOADING, status=503)
+        return await then(request)
+
+    fake.handler = handler
+
+
+async def test_stream_answered_503_is_retried_until_the_model_is_loaded(
+    fake: FakeServer, client: LlamaServerClient
+) -> None:
+    fake.reply_stream([token(0), token(1), STOP])
+    unavailable_then(fake, 3, fake.handler)
+    got: list[dict[str, Any]] = []
+    await collect(client.stream_completion({"prompt": "x"}), got)
+    assert [e["content"] for e in got] == ["t0", "t1", ""]
+    assert len(fake.requests) == 4
+    assert all(r.body == {"prompt": "x", "stream": True} for r in fake.requests)
+
+
+async def test_request_answered_503_is_retried(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_json({"tokens": [1, 2]})
+    unavailable_then(fake, 2, fake.handler)
+    assert await client.tokenize("a b") == [1, 2]
+    assert len(fake.requests) == 3
+
+
+async def test_503_that_never_ends_gives_up_with_the_api_error(fake: FakeServer) -> None:
+    fake.reply_json(LOADING, status=503)
+    async with LlamaServerClient(fake.url, unavailable_timeout=0.3) as client:
+        with pytest.raises(APIError) as info:
+            await client.stream_completion({}).read_batch()
+    assert info.value.status == 503
+    assert "Loading model" in str(info.value)
+    # Backoff 0.05, 0.1, 0.2 fits in 0.3 s: a few tries, not a busy loop and not one.
+    assert 2 <= len(fake.requests) <= 5
+
+
+async def test_503_is_not_retried_when_disabled(fake: FakeServer) -> None:
+    fake.reply_json(LOADING, status=503)
+    async with LlamaServerClient(fake.url, unavailable_timeout=0) as client:
+        with pytest.raises(APIError):
+            await client.props()
+    assert len(fake.requests) == 1
+
+
+async def test_other_errors_are_not_retried(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_json({"error": {"code": 500, "message": "boom"}}, status=500)
+    with pytest.raises(APIError):
+        await client.stream_completion({}).read_batch()
+    assert len(fake.requests) == 1
+
+
+async def test_a_stream_that_breaks_after_events_is_never_retried(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_stream([token(0), token(1)])  # ends without the terminator
+    got: list[dict[str, Any]] = []
+    with pytest.raises(ProtocolError):
+        await collect(client.stream_completion({}), got)
+    assert len(got) == 2
+    assert len(fake.requests) == 1
+
+
+# -- malformed SSE: what the spec allows is handled, the rest is an error, never a hang ---------
+
+
+async def test_invalid_utf8_inside_a_string_becomes_replacement_characters(
+    fake: FakeServer, client: LlamaServerClient
+) -> None:
+    # The SSE spec decodes streams as UTF-8 with replacement: the event stays valid JSON.
+    fake.reply_stream([b'data: {"content": "a\xff\xfeb", "tokens": [7], "stop": false}\n\n', STOP])
+    got: list[dict[str, Any]] = []
+    await collect(client.stream_completion({}), got)
+    assert got[0]["content"] == "a\ufffd\ufffdb"
+    assert got[-1]["stop"] is True
+
+
+async def test_invalid_utf8_outside_a_string_is_a_protocol_error(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_stream([token(0), b'data: {"content": "x", \xff: 1}\n\n', STOP], then="hang")
+    got: list[dict[str, Any]] = []
+    with pytest.raises(ProtocolError, match="not JSON"):
+        await collect(client.stream_completion({}), got)
+    assert len(got) == 1
+    await fake.wait_disconnected()
+
+
+async def test_truncated_json_event_is_a_protocol_error(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_stream([token(0), b'data: {"content": "ab", "tok\n\n', STOP], then="hang")
+    with pytest.raises(ProtocolError, match="not JSON"):
+        await collect(client.stream_completion({}), [])
+    await fake.wait_disconnected()
+
+
+async def test_events_without_data_are_not_dispatched(fake: FakeServer, client: LlamaServerClient) -> None:
+    # Spec: an event whose data buffer is empty (no data field at all) is discarded.
+    fake.reply_stream([token(0), b"event: ping\n\n", b"id: 5\n\n", b"retry: 100\n\n", token(1), STOP])
+    got: list[dict[str, Any]] = []
+    await collect(client.stream_completion({}), got)
+    assert [e["content"] for e in got] == ["t0", "t1", ""]
