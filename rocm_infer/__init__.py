@@ -17,7 +17,7 @@ from .backend import (
     register,
 )
 from .client import EventStream, LlamaServerClient
-from .config import GenerateConfig, LoadConfig
+from .config import GenerateConfig, LoadConfig, RestartPolicy
 from .errors import (
     APIError,
     BinaryNotFoundError,
@@ -35,7 +35,16 @@ from .errors import (
 )
 from .model import ModelContext, TextModel, TokenStream, connect
 from .server import LlamaServer
-from .types import BatchResult, ClassifyResult, GenerateMetrics, Message, ModelInfo, Token, TokenLogprob
+from .types import (
+    BatchResult,
+    ClassifyResult,
+    GenerateMetrics,
+    LoadProgress,
+    Message,
+    ModelInfo,
+    Token,
+    TokenLogprob,
+)
 
 __version__ = "0.1.0"
 
@@ -55,12 +64,14 @@ __all__ = [
     "LlamaServer",
     "LlamaServerClient",
     "LoadConfig",
+    "LoadProgress",
     "Message",
     "ModelClosedError",
     "ModelContext",
     "ModelInfo",
     "ModelNotFoundError",
     "ProtocolError",
+    "RestartPolicy",
     "RocmBackend",
     "RocmInferError",
     "ServerError",

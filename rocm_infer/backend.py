@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
@@ -34,6 +35,7 @@ from .errors import BinaryNotFoundError, ModelNotFoundError
 from .gguf import GGUFHeader, check_gguf_file, read_gguf_header
 from .model import ModelContext, TextModel, model_info
 from .server import LlamaServer
+from .types import LoadProgress
 
 __all__ = [
     "Backend",
@@ -145,8 +147,11 @@ class Backend(Protocol):
         """True if this backend can load models on this machine now."""
         ...
 
-    async def load_model(self, path: str, config: LoadConfig) -> TextModel:
-        """Load the model at ``path`` and return it ready for use."""
+    async def load_model(
+        self, path: str, config: LoadConfig, *, on_progress: Callable[[LoadProgress], object] | None = None
+    ) -> TextModel:
+        """Load the model at ``path`` and return it ready for use, calling
+        ``on_progress`` as start-up moves on."""
         ...
 
 
@@ -176,7 +181,9 @@ class LlamaCppBackend:
         env.update(config.env)
         return env
 
-    async def load_model(self, path: str, config: LoadConfig) -> TextModel:
+    async def load_model(
+        self, path: str, config: LoadConfig, *, on_progress: Callable[[LoadProgress], object] | None = None
+    ) -> TextModel:
         """Check everything that can be checked, start llama-server, return the model.
 
         Raises ``ModelNotFoundError``/``InvalidModelError`` for a bad model
@@ -192,16 +199,18 @@ class LlamaCppBackend:
             server_args(model_path, config, context_len),
             env=self.environment(config),
             startup_timeout=config.startup_timeout,
+            max_startup_time=config.max_startup_time,
+            model_path=model_path,
+            model_size=header.file_size,
+            on_progress=on_progress,
         )
         await server.start()
-        try:
-            props = await server.client.props()
-            info = model_info(props, header)
-        except BaseException:
-            await server.stop()
-            raise
+        assert server.props is not None  # start() read it to check the server is ours
+        info = model_info(server.props, header)
         logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
-        return TextModel(server.client, info, model_type=header.architecture or "unknown", server=server)
+        return TextModel(
+            server.client, info, model_type=header.architecture or "unknown", server=server, restart=config.restart
+        )
 
 
 _ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})
@@ -267,12 +276,18 @@ def load_model(
     *,
     backend: str | Backend | None = None,
     config: LoadConfig | None = None,
+    on_progress: Callable[[LoadProgress], object] | None = None,
     **load_options: Any,
 ) -> ModelContext:
     """Load the GGUF model at ``path`` in a new llama-server.
 
     ``load_options`` are :class:`~rocm_infer.config.LoadConfig` fields that
-    override ``config`` (an unknown name is a TypeError). ``backend`` is a
+    override ``config`` (an unknown name is a TypeError). ``on_progress`` is
+    called with a :class:`~rocm_infer.types.LoadProgress` as llama-server
+    starts: stages ``starting`` → ``loading`` → ``initializing`` → ``ready``,
+    with the fraction of the weights read where it can be known. It runs in
+    the event loop (it must not block); an exception it raises fails the load
+    and stops the server. ``backend`` is a
     registered name, a Backend, or None for :func:`default_backend`.
 
     Use ``model = await load_model(...)`` (then ``await model.close()``) or
@@ -285,9 +300,13 @@ def load_model(
     chosen = get_backend(backend) if isinstance(backend, str) else backend
     if chosen is not None and not isinstance(chosen, Backend):
         raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
 
     async def load() -> TextModel:
         selected = chosen if chosen is not None else default_backend()
-        return await selected.load_model(os.fspath(path), cfg)
+        if on_progress is None:
+            return await selected.load_model(os.fspath(path), cfg)
+        return await selected.load_model(os.fspath(path), cfg, on_progress=on_progress)
 
     return ModelContext(load())

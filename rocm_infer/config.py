@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-__all__ = ["GenerateConfig", "LoadConfig"]
+__all__ = ["GenerateConfig", "LoadConfig", "RestartPolicy"]
 
 _C = TypeVar("_C", "GenerateConfig", "LoadConfig")
 
@@ -128,6 +128,25 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a supervised llama-server that died is started again.
+
+    After a crash, the model's next call starts a new llama-server with the
+    same configuration and goes on, as long as fewer than ``max_restarts``
+    restarts happened in the last ``window`` seconds; past that, the crash
+    error is raised as without a policy. A generation that was streaming
+    when the server died is never retried: it raises the crash error.
+    """
+
+    max_restarts: int = 3
+    window: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check_int("max_restarts", self.max_restarts, minimum=1)
+        _check_float("window", self.window, low=0.0, low_open=True)
+
+
+@dataclass(frozen=True, slots=True)
 class LoadConfig:
     """How to start llama-server for a model.
 
@@ -141,8 +160,16 @@ class LoadConfig:
     * ``server_path``: the llama-server binary to use, overriding discovery.
     * ``extra_args``: more llama-server command-line arguments, passed as is.
     * ``env``: environment variables added for the server process.
-    * ``startup_timeout``: seconds to wait for the server to become healthy.
+    * ``startup_timeout``: seconds start-up may go without any sign of
+      progress (output, or on Linux CPU time, memory or bytes read moving)
+      before it is given up: a stall timeout, so slow loads of big models
+      are not killed early.
+    * ``max_startup_time``: seconds start-up may take in all, progress or not.
     * ``adapter_path``: a LoRA adapter to load with the model.
+    * ``restart``: a :class:`RestartPolicy` to start llama-server again after
+      it crashed (``True``: the default policy; an int ``n``: at most ``n``
+      restarts in the default window); ``None`` (the default) or ``False``:
+      a crash is final, every later call raises it.
     """
 
     context_len: int = 0
@@ -154,7 +181,9 @@ class LoadConfig:
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     startup_timeout: float = 60.0
+    max_startup_time: float = 1800.0
     adapter_path: str | None = None
+    restart: RestartPolicy | None = None
 
     def __post_init__(self) -> None:
         _check_int("context_len", self.context_len, minimum=0)
@@ -162,6 +191,17 @@ class LoadConfig:
         _check_int("parallel_slots", self.parallel_slots, minimum=0)
         _check_int("threads", self.threads, minimum=0)
         _check_float("startup_timeout", self.startup_timeout, low=0.0, low_open=True)
+        _check_float("max_startup_time", self.max_startup_time, low=0.0, low_open=True)
+        restart: object = self.restart
+        if restart is True:
+            restart = RestartPolicy()
+        elif restart is False or restart is None:
+            restart = None
+        elif isinstance(restart, int):
+            restart = RestartPolicy(max_restarts=restart)
+        elif not isinstance(restart, RestartPolicy):
+            raise TypeError(f"restart must be a RestartPolicy, a bool or an int, not {type(restart).__name__}")
+        object.__setattr__(self, "restart", restart)
         try:
             devices = tuple(self.devices)
         except TypeError:

@@ -15,6 +15,7 @@ concurrent requests in its slots (``LoadConfig.parallel_slots``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -22,12 +23,12 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 
 from .client import JSON, EventStream, LlamaServerClient
-from .config import GenerateConfig
+from .config import GenerateConfig, RestartPolicy
 from .errors import (
     ConnectionError,
     ModelClosedError,
@@ -103,6 +104,40 @@ def _prompt_list(prompts: Iterable[str]) -> list[str]:
     return listed
 
 
+class _Events(Protocol):
+    """What a TokenStream reads: an EventStream, or one waiting for a restart."""
+
+    async def read_batch(self) -> list[JSON]: ...
+
+    def close(self) -> None: ...
+
+
+class _AfterRestart:
+    """Stands in for a stream's EventStream while the model's crashed
+    llama-server is started again; the request then goes to the new server."""
+
+    __slots__ = ("_model", "_open", "_events", "_closed")
+
+    def __init__(self, model: TextModel, open_events: Callable[[LlamaServerClient], EventStream]) -> None:
+        self._model = model
+        self._open = open_events
+        self._events: EventStream | None = None
+        self._closed = False
+
+    async def read_batch(self) -> list[JSON]:
+        if self._events is None:
+            if self._closed:
+                return []
+            await self._model._restart()
+            self._events = self._open(self._model._client)
+        return await self._events.read_batch()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._events is not None:
+            self._events.close()
+
+
 class TokenStream:
     """The tokens of one generation, as they arrive.
 
@@ -144,7 +179,7 @@ class TokenStream:
     def __init__(
         self,
         model: TextModel,
-        events: EventStream,
+        events: _Events,
         *,
         chat: bool,
         stop_tokens: frozenset[int],
@@ -396,8 +431,12 @@ class TextModel:
 
     ``err`` holds the last error an operation raised; once llama-server has
     died it is a :class:`~rocm_infer.errors.ServerExitedError` and every later
-    call raises it. ``metrics`` holds the metrics of the last finished
-    generation.
+    call raises it, unless the model was loaded with a
+    :class:`~rocm_infer.config.RestartPolicy` (``LoadConfig(restart=...)``):
+    then the next call starts llama-server again with the same configuration
+    and goes on, within the policy's limits (``restarts`` counts them). A
+    generation that was streaming when the server died is never retried.
+    ``metrics`` holds the metrics of the last finished generation.
     """
 
     def __init__(
@@ -407,9 +446,14 @@ class TextModel:
         *,
         model_type: str = "unknown",
         server: LlamaServer | None = None,
+        restart: RestartPolicy | None = None,
     ) -> None:
         self._client = client
         self._server = server
+        self._restart_policy = restart if server is not None else None
+        self._restarted_at: collections.deque[float] = collections.deque()
+        self._restart_lock = asyncio.Lock()
+        self.restarts = 0
         self.info = info
         self.model_type = model_type
         self.metrics: GenerateMetrics | None = None
@@ -440,15 +484,65 @@ class TextModel:
     def closed(self) -> bool:
         return self._closed
 
-    def _check_usable(self) -> None:
+    def _check_usable(self) -> bool:
+        """Raise if the model cannot be used; True if its server died and may be started again."""
         if self._closed:
             raise ModelClosedError("the model is closed")
-        if self._dead is not None:
-            raise self._dead
-        if self._server is not None and self._server.returncode is not None:
+        if self._dead is None and self._server is not None and self._server.returncode is not None:
             self._dead = self._exited_error()
             self.err = self._dead
+        if self._dead is not None:
+            if self._may_restart():
+                return True
             raise self._dead
+        return False
+
+    def _may_restart(self) -> bool:
+        policy = self._restart_policy
+        if policy is None:
+            return False
+        horizon = time.monotonic() - policy.window
+        while self._restarted_at and self._restarted_at[0] < horizon:
+            self._restarted_at.popleft()
+        return len(self._restarted_at) < policy.max_restarts
+
+    async def _usable(self) -> None:
+        """_check_usable, and start the server again first where the policy says so."""
+        if self._check_usable():
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """Replace the dead llama-server with a new one (same binary, arguments, settings)."""
+        async with self._restart_lock:
+            if self._dead is None:  # another task restarted it while this one waited
+                return
+            if self._closed:
+                raise ModelClosedError("the model is closed")
+            if not self._may_restart():
+                raise self._dead
+            old = self._server
+            assert old is not None and self._restart_policy is not None
+            self._restarted_at.append(time.monotonic())
+            self.restarts += 1
+            logger.warning(
+                "llama-server pid %s exited with code %s; starting it again (restart %d, at most %d in %gs)",
+                old.pid,
+                old.returncode,
+                len(self._restarted_at),
+                self._restart_policy.max_restarts,
+                self._restart_policy.window,
+            )
+            await old.stop()  # reaps it and closes its client
+            new = old.respawn()
+            try:
+                await new.start()
+            except RocmInferError as exc:
+                self.err = exc
+                raise
+            self._server = new
+            self._client = new.client
+            self._dead = None
+            self.err = None
 
     def _exited_error(self) -> ServerExitedError:
         assert self._server is not None
@@ -502,12 +596,12 @@ class TextModel:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
         cfg = GenerateConfig.build(config, **options)
-        self._check_usable()
+        restart = self._check_usable()
         body = self._sampling_body(cfg, chat=False)
         body["prompt"] = prompt
         stream = TokenStream(
             self,
-            self._client.stream_completion(body),
+            self._events(restart, lambda client: client.stream_completion(body)),
             chat=False,
             stop_tokens=cfg.stop_tokens,
             hold_empty=bool(cfg.stop),
@@ -532,7 +626,7 @@ class TextModel:
         if not msgs:
             raise ValueError("messages must not be empty")
         cfg = GenerateConfig.build(config, **options)
-        self._check_usable()
+        restart = self._check_usable()
         body = self._sampling_body(cfg, chat=True)
         body["messages"] = [{"role": m.role, "content": m.content} for m in msgs]
         body["stream_options"] = {"include_usage": True}
@@ -540,9 +634,13 @@ class TextModel:
         body.setdefault("logprobs", True)
         body.setdefault("top_logprobs", 1)
         body.setdefault("post_sampling_probs", True)
-        stream = TokenStream(self, self._client.stream_chat_completion(body), chat=True, stop_tokens=cfg.stop_tokens)
+        events = self._events(restart, lambda client: client.stream_chat_completion(body))
+        stream = TokenStream(self, events, chat=True, stop_tokens=cfg.stop_tokens)
         self._streams.add(stream)
         return stream
+
+    def _events(self, restart: bool, open_events: Callable[[LlamaServerClient], EventStream]) -> _Events:
+        return _AfterRestart(self, open_events) if restart else open_events(self._client)
 
     async def _gather_limited(self, calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
         """Run ``calls`` concurrently, at most one per llama-server slot at a time."""
@@ -570,7 +668,7 @@ class TextModel:
         """
         prompts = _prompt_list(prompts)
         cfg = GenerateConfig.build(config, **options)
-        self._check_usable()
+        await self._usable()
 
         async def one(prompt: str) -> BatchResult:
             tokens: list[Token] = []
@@ -604,7 +702,7 @@ class TextModel:
         if not isinstance(top_logprobs, int) or top_logprobs < 1:
             raise ValueError(f"top_logprobs must be an int >= 1, got {top_logprobs!r}")
         cfg = GenerateConfig.build(config, **options)
-        self._check_usable()
+        await self._usable()
         body = self._sampling_body(cfg, chat=False)
         body.update(n_predict=1, n_probs=top_logprobs, return_tokens=True)
 
@@ -632,12 +730,12 @@ class TextModel:
 
     async def tokenize(self, text: str) -> list[int]:
         """The model's token ids for ``text`` (no BOS added)."""
-        self._check_usable()
+        await self._usable()
         return await self._client.tokenize(text)
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens``."""
-        self._check_usable()
+        await self._usable()
         return await self._client.detokenize(list(tokens))
 
     # -- lifetime --------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from typing import Any
 
 import anyio
 
-from .client import LlamaServerClient
+from .client import JSON, LlamaServerClient
 from .errors import APIError, ConnectionError, ModelClosedError, RocmInferError, ServerStartError
+from .types import LoadProgress, LoadStage
 
 __all__ = ["LlamaServer"]
 
@@ -52,6 +53,17 @@ _IDLE_BEFORE_STOP = 1.0
 _MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
 _BIND_FAILED = "couldn't bind"
+# Log lines that start a start-up stage, in the order llama-server prints them.
+_STAGE_LINES: tuple[tuple[bytes, LoadStage], ...] = (
+    (b"loading model", "loading"),
+    (b"load_tensors:", "loading"),
+    (b"llama_context:", "initializing"),
+    (b"load_model: initializing", "initializing"),
+    (b"warming up", "initializing"),
+)
+_STAGE_ORDER: dict[LoadStage, int] = {"starting": 0, "loading": 1, "initializing": 2, "ready": 3}
+# Longest a single /health request may take during start-up before the next poll.
+_HEALTH_REQUEST_TIMEOUT = 5.0
 
 
 # Processes started and not yet reaped. If the interpreter exits with some still
@@ -138,6 +150,59 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+class _ProcessActivity:
+    """Signs of life of a starting llama-server, read from ``/proc/<pid>`` (Linux).
+
+    llama-server prints nothing while it reads the weights, which for a big
+    model on a slow disk takes minutes; but its CPU time, its resident memory
+    and the bytes it has read all move while it works. A process whose
+    numbers stand still (and which prints nothing) is stalled. Elsewhere, or
+    if ``/proc`` cannot be read, :meth:`sample` returns None and only output
+    counts as activity.
+    """
+
+    __slots__ = ("_pid", "_available")
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._available = os.path.isdir(f"/proc/{pid}")
+
+    def sample(self) -> tuple[tuple[int, ...], int] | None:
+        """(a signature that changes while the process works, bytes of files it has read or mapped)."""
+        if not self._available:
+            return None
+        try:
+            with open(f"/proc/{self._pid}/stat", "rb") as f:
+                # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+                fields = f.read().rsplit(b")", 1)[1].split()
+            cpu = int(fields[11]) + int(fields[12])
+            rss_file = rss_anon = 0
+            with open(f"/proc/{self._pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"RssFile:"):
+                        rss_file = int(line.split()[1]) * 1024
+                    elif line.startswith(b"RssAnon:"):
+                        rss_anon = int(line.split()[1]) * 1024
+            read_chars = 0
+            with contextlib.suppress(OSError), open(f"/proc/{self._pid}/io", "rb") as f:
+                for line in f:
+                    if line.startswith(b"rchar:"):
+                        read_chars = int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            self._available = False
+            return None
+        return (cpu, rss_file, rss_anon, read_chars), max(rss_file, read_chars)
+
+
+def _strip_log_prefix(line: str) -> str:
+    """``0.00.004.392 I srv    load_model: loading model 'x'`` → ``load_model: loading model 'x'``."""
+    parts = line.split(None, 3)
+    if len(parts) == 4 and parts[0][:1].isdigit() and len(parts[1]) == 1:
+        return parts[3]
+    return line.strip()
+
+
 def free_port(host: str = HOST) -> int:
     """A port the kernel says is free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -155,9 +220,21 @@ class LlamaServer:
     process's environment).
 
     :meth:`start` raises :class:`~rocm_infer.errors.ServerStartError` (with
-    ``returncode`` and ``output_tail``) if the process exits or does not
-    become healthy within ``startup_timeout`` seconds, and leaves no process
-    behind. When the process exits because its port was taken between our
+    ``returncode`` and ``output_tail``) if the process exits during start-up,
+    stalls, or takes too long, and leaves no process behind.
+    ``startup_timeout`` is a stall timeout: it counts seconds without any sign
+    of progress (a new output line, or on Linux CPU time, memory or bytes read
+    moving in ``/proc``), so a big model that loads for minutes is not killed
+    early while a hung binary is; ``max_startup_time`` caps the whole start-up
+    regardless. ``on_progress`` is called with a
+    :class:`~rocm_infer.types.LoadProgress` as start-up moves on (in the event
+    loop: it must not block; an exception it raises fails the start).
+    ``model_path``, when given, is what the server's ``/props`` must name
+    (``model_path``) for the server that answers to count as ours; with or
+    without it, ``/props`` must accept our API key. ``model_size`` (bytes)
+    lets progress report a fraction while the weights load.
+
+    When the process exits because its port was taken between our
     choosing it and its binding it, start() tries again on a fresh port (up to
     ``start_attempts`` in all); any other early exit (a corrupt model, a bad
     flag) fails at once, since a retry would only fail the same way, slower.
@@ -173,16 +250,24 @@ class LlamaServer:
         *,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
+        max_startup_time: float = 1800.0,
         stop_timeout: float = 5.0,
         health_interval: float = 0.1,
         start_attempts: int = 3,
         tail_lines: int = 100,
         idle_timeout: float | None = 120.0,
+        model_path: str | None = None,
+        model_size: int | None = None,
+        on_progress: Callable[[LoadProgress], object] | None = None,
     ) -> None:
         self.binary = binary
         self.args = tuple(args)
         self._env = dict(env) if env is not None else None
         self.startup_timeout = startup_timeout
+        self.max_startup_time = max_startup_time
+        self.model_path = model_path
+        self.model_size = model_size
+        self.on_progress = on_progress
         self.stop_timeout = stop_timeout
         self.health_interval = health_interval
         self.start_attempts = start_attempts
@@ -191,12 +276,20 @@ class LlamaServer:
         self._process: asyncio.subprocess.Process | None = None
         self._exit_task: asyncio.Task[int] | None = None
         self._drain_task: asyncio.Task[None] | None = None
-        self._ready_hint = asyncio.Event()
+        self._wake = asyncio.Event()  # set by output that makes a /health poll worthwhile
         self._client: LlamaServerClient | None = None
         self._api_key = secrets.token_urlsafe(32)
         self.port: int | None = None
+        self.props: JSON | None = None  # /props, read when start-up checked the server is ours
         self._stopping = False
         self._stopped = False
+        # Start-up progress, fed by _drain (output lines) and _wait_healthy (/proc).
+        self._launched = 0.0
+        self._last_activity = 0.0
+        self._stage: LoadStage = "starting"
+        self._stage_line = ""
+        self._fraction: float | None = None
+        self._reported: tuple[LoadStage, float | None] | None = None
 
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else f"pid={self.pid}" if self._process else "not started"
@@ -247,34 +340,57 @@ class LlamaServer:
     # -- start -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start llama-server and return once it is healthy. See the class docs."""
+        """Start llama-server and return once it is healthy and ours. See the class docs."""
         if self._process is not None:
             raise RuntimeError("LlamaServer.start() was already called")
+        began = time.monotonic()
         try:
             for attempt in range(1, self.start_attempts + 1):
-                started = time.monotonic()
                 await self._spawn()
                 try:
-                    await self._wait_healthy()
+                    await self._wait_healthy(began + self.max_startup_time)
                 except ServerStartError as exc:
                     if attempt < self.start_attempts and _BIND_FAILED in exc.output_tail:
                         logger.info("llama-server could not bind port %s; retrying on a fresh port", self.port)
                         await self._reset()
                         continue
                     raise
+                self._set_stage("ready", "healthy")
+                self._report_progress()
                 logger.info(
-                    "llama-server pid %d ready on port %d in %.2fs", self.pid, self.port, time.monotonic() - started
+                    "llama-server pid %d ready on port %d in %.2fs", self.pid, self.port, time.monotonic() - began
                 )
                 return
         except BaseException:
             await self.stop()
             raise
 
+    def respawn(self) -> LlamaServer:
+        """A new, unstarted LlamaServer with this one's binary, arguments and
+        settings; it gets its own port and API key when started."""
+        return LlamaServer(
+            self.binary,
+            self.args,
+            env=self._env,
+            startup_timeout=self.startup_timeout,
+            max_startup_time=self.max_startup_time,
+            stop_timeout=self.stop_timeout,
+            health_interval=self.health_interval,
+            start_attempts=self.start_attempts,
+            tail_lines=self._tail.maxlen or 100,
+            idle_timeout=self._idle_timeout,
+            model_path=self.model_path,
+            model_size=self.model_size,
+            on_progress=self.on_progress,
+        )
+
     async def _spawn(self) -> None:
         self.port = free_port()
         env = dict(self._env if self._env is not None else os.environ)
         env["LLAMA_API_KEY"] = self._api_key
         argv = [*self.args, "--host", HOST, "--port", str(self.port)]
+        self._launched = self._last_activity = time.monotonic()
+        self._stage, self._stage_line, self._fraction, self._reported = "starting", "", None, None
         try:
             self._process = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -289,7 +405,7 @@ class LlamaServer:
             raise ServerStartError(f"could not run llama-server {self.binary!r}: {exc}") from exc
         logger.info("started llama-server pid %d on %s:%d", self._process.pid, HOST, self.port)
         logger.debug("llama-server argv: %s %s", self.binary, " ".join(argv))
-        self._ready_hint.clear()
+        self._wake.clear()
         assert self._process.stdout is not None
         self._drain_task = asyncio.create_task(self._drain(self._process.stdout, self._process.pid))
         self._exit_task = asyncio.create_task(self._process.wait())
@@ -297,20 +413,34 @@ class LlamaServer:
         _track(self._process.pid)
         self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self._idle_timeout)
 
-    async def _wait_healthy(self) -> None:
-        assert self._exit_task is not None and self._client is not None
-        deadline = time.monotonic() + self.startup_timeout
+    async def _wait_healthy(self, hard_deadline: float) -> None:
+        assert self._exit_task is not None and self._client is not None and self._process is not None
+        activity = _ProcessActivity(self._process.pid)
+        signature: tuple[int, ...] | None = None
         last_status = "no answer yet"
         while True:
             if self._exit_task.done():
                 raise await self._start_error("llama-server exited during start-up")
+            sample = activity.sample()
+            if sample is not None:
+                if sample[0] != signature:
+                    signature = sample[0]
+                    self._last_activity = time.monotonic()
+                if self._stage == "loading" and self.model_size:
+                    self._fraction = max(self._fraction or 0.0, min(sample[1] / self.model_size, 1.0))
+            self._report_progress()
+            deadline = min(self._last_activity + self.startup_timeout, hard_deadline)
             try:
-                # A server that accepts but never answers must not outlast startup_timeout.
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.01)):
+                # A server that accepts but never answers must not outlast the deadline.
+                async with asyncio.timeout(max(min(deadline - time.monotonic(), _HEALTH_REQUEST_TIMEOUT), 0.01)):
                     health = await self._client.health()
-                if health.get("status") == "ok":
-                    return
-                last_status = f"/health answered {health!r}"
+                    if health.get("status") == "ok":
+                        problem = await self._not_ours()
+                        if problem is None:
+                            return
+                        last_status = problem
+                    else:
+                        last_status = f"/health answered {health!r}"
             except APIError as exc:
                 if exc.status != 503:
                     raise await self._start_error(f"llama-server /health answered {exc}") from exc
@@ -319,22 +449,63 @@ class LlamaServer:
                 last_status = "not accepting connections yet"
             except builtins.TimeoutError:  # also the SDK's own TimeoutError
                 last_status = "/health did not answer"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise await self._start_error(
-                    f"llama-server did not become healthy within {self.startup_timeout:g}s (last: {last_status})"
-                )
-            # Sleep until the next poll, the process exiting, or a "ready" line in its output.
-            hint = asyncio.ensure_future(self._ready_hint.wait())
+            now = time.monotonic()
+            deadline = min(self._last_activity + self.startup_timeout, hard_deadline)
+            if now >= deadline:
+                if now >= hard_deadline:
+                    why = f"within max_startup_time={self.max_startup_time:g}s"
+                else:
+                    why = f"within {self.startup_timeout:g}s of its last sign of progress"
+                raise await self._start_error(f"llama-server did not become healthy {why} (last: {last_status})")
+            # Sleep until the next poll, the process exiting, or a line that makes a poll worthwhile.
+            wake = asyncio.ensure_future(self._wake.wait())
             try:
                 await asyncio.wait(
-                    {self._exit_task, hint},
-                    timeout=min(self.health_interval, remaining),
+                    {self._exit_task, wake},
+                    timeout=min(self.health_interval, deadline - now),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
-                hint.cancel()
-            self._ready_hint.clear()
+                wake.cancel()
+            self._wake.clear()
+
+    async def _not_ours(self) -> str | None:
+        """None if the healthy server on our port is the one we started, else why it is not.
+
+        /health needs no API key, so a stranger's server that took the port
+        between our choosing it and llama-server binding it would pass it:
+        /props must accept our key and, when we know it, name our model.
+        """
+        assert self._client is not None
+        try:
+            props = await self._client.props()
+        except APIError as exc:
+            if exc.status in (401, 403):
+                return f"the server on port {self.port} rejects our API key: it is not ours"
+            raise
+        if self.model_path is not None and props.get("model_path") != self.model_path:
+            return f"the server on port {self.port} serves {props.get('model_path')!r}: it is not ours"
+        self.props = props
+        return None
+
+    def _set_stage(self, stage: LoadStage, line: str) -> bool:
+        """Move on to ``stage`` if it is later than the current one; whether it moved."""
+        if _STAGE_ORDER[stage] <= _STAGE_ORDER[self._stage]:
+            return False
+        self._stage, self._stage_line = stage, line
+        if stage in ("initializing", "ready") and self.model_size:
+            self._fraction = 1.0  # the weights are read
+        return True
+
+    def _report_progress(self) -> None:
+        """Call on_progress if the stage or the fraction (to 1%) moved since the last call."""
+        if self.on_progress is None:
+            return
+        fraction = None if self._fraction is None else round(self._fraction, 2)
+        if (self._stage, fraction) == self._reported:
+            return
+        self._reported = (self._stage, fraction)
+        self.on_progress(LoadProgress(self._stage, fraction, time.monotonic() - self._launched, self._stage_line))
 
     async def _start_error(self, message: str) -> ServerStartError:
         """Stop the process and build the error, with its exit code and last output."""
@@ -353,6 +524,7 @@ class LlamaServer:
         self._exit_task = None
         self._drain_task = None
         self._tail.clear()
+        self.props = None
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -377,16 +549,27 @@ class LlamaServer:
                 overlong = True
                 partial = b""
             for raw in lines:
-                if not self._ready_hint.is_set() and any(hint in raw for hint in _READY_HINTS):
-                    self._ready_hint.set()
                 line = raw[:_MAX_TAIL_LINE].rstrip(b"\r").decode("utf-8", "replace")
                 if len(raw) > _MAX_TAIL_LINE:
                     line += " [...]"
+                if self._stage != "ready":
+                    self._on_startup_line(raw, line)
                 self._tail.append(line)
                 if debug:
                     logger.debug("llama-server[%d]: %s", pid, line)
         if partial and not overlong:
             self._tail.append(partial[:_MAX_TAIL_LINE].decode("utf-8", "replace"))
+
+    def _on_startup_line(self, raw: bytes, line: str) -> None:
+        """A line printed during start-up: a sign of progress, maybe a new stage or a ready hint."""
+        self._last_activity = time.monotonic()
+        for marker, stage in _STAGE_LINES:
+            if marker in raw:
+                if self._set_stage(stage, _strip_log_prefix(line)):
+                    self._wake.set()
+                break
+        if any(hint in raw for hint in _READY_HINTS):
+            self._wake.set()
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if task.cancelled():  # the loop is ending, not the process: it stays tracked

@@ -15,6 +15,8 @@ __all__ = [
     "ClassifyResult",
     "FinishReason",
     "GenerateMetrics",
+    "LoadProgress",
+    "LoadStage",
     "Message",
     "ModelInfo",
     "Token",
@@ -22,6 +24,7 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+LoadStage = Literal["starting", "loading", "initializing", "ready"]
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
@@ -147,3 +150,22 @@ class BatchResult:
     @property
     def text(self) -> str:
         return "".join(t.text for t in self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProgress:
+    """How far llama-server has got in starting up, as reported to ``on_progress``.
+
+    ``stage`` goes ``"starting"`` (process launched) → ``"loading"`` (reading
+    the weights) → ``"initializing"`` (context, KV cache, warm-up) →
+    ``"ready"`` (healthy). ``fraction`` estimates how much of the model file
+    llama-server has read, 0.0–1.0, while loading (from ``/proc`` on Linux);
+    ``None`` where it cannot be known. ``elapsed`` is seconds since the process
+    was launched; ``message`` is the log line that marked the stage, or a short
+    description.
+    """
+
+    stage: LoadStage
+    fraction: float | None
+    elapsed: float
+    message: str = ""

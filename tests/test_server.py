@@ -22,10 +22,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import llama_server_pids
 
+import rocm_infer.server as server_module
 from rocm_infer.errors import APIError, ServerStartError
 from rocm_infer.server import HOST, LlamaServer
+from rocm_infer.types import LoadProgress
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -334,7 +338,7 @@ async def start_until_timeout(tmp_path: Path, body: str) -> tuple[LlamaServer, S
 
 async def test_never_healthy_times_out(tmp_path: Path) -> None:
     server, err = await start_until_timeout(tmp_path, "print('loading forever', flush=True)\ntime.sleep(3600)\n")
-    assert "did not become healthy within 1s" in str(err)
+    assert "did not become healthy within 1s of its last sign of progress" in str(err)
     assert "not accepting connections" in str(err)
     assert err.returncode == -signal.SIGTERM  # it was stopped by the supervisor
     assert "loading forever" in err.output_tail
@@ -355,7 +359,7 @@ while True:
 
 async def test_health_that_never_answers_still_times_out(tmp_path: Path) -> None:
     _, err = await start_until_timeout(tmp_path, _ACCEPTS_BUT_NEVER_ANSWERS)
-    assert "did not become healthy within 1s (last: /health did not answer)" in str(err)
+    assert "did not become healthy within 1s of its last sign of progress (last: /health did not answer)" in str(err)
     assert_all_runs_gone(tmp_path)
 
 
@@ -634,3 +638,167 @@ async def test_wait_exited_is_not_cancelled_by_its_timeout(tmp_path: Path) -> No
         os.kill(pid, signal.SIGKILL)
         assert await server.wait_exited(10) == -signal.SIGKILL
     assert_gone(pid)
+
+
+# -- start-up progress: a stall timeout with a hard cap --------------------------------------------
+
+_PRINTS_PROGRESS_THEN_SERVES = """
+for i in range(12):
+    print(f"load_tensors: step {i}", flush=True)
+    time.sleep(0.2)
+serve()
+"""
+
+
+async def test_a_slow_start_that_prints_progress_is_not_killed(tmp_path: Path) -> None:
+    # 2.4 s of start-up against startup_timeout=1: a fixed timeout would have killed it.
+    server = LlamaServer(make_fake(tmp_path, _PRINTS_PROGRESS_THEN_SERVES), [], startup_timeout=1)
+    async with server:
+        assert server.running
+    assert_all_runs_gone(tmp_path)
+
+
+_WORKS_SILENTLY_THEN_SERVES = """
+end = time.monotonic() + 2.5
+while time.monotonic() < end:
+    pass  # busy (its CPU time moves in /proc) but printing nothing
+serve()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="activity is read from /proc")
+async def test_a_silent_start_that_keeps_working_is_not_killed(tmp_path: Path) -> None:
+    server = LlamaServer(make_fake(tmp_path, _WORKS_SILENTLY_THEN_SERVES), [], startup_timeout=1)
+    async with server:
+        assert server.running
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_max_startup_time_caps_a_start_that_never_ends(tmp_path: Path) -> None:
+    body = "while True:\n    print('load_tensors: still going', flush=True)\n    time.sleep(0.2)\n"
+    server = LlamaServer(make_fake(tmp_path, body), [], startup_timeout=1, max_startup_time=2, stop_timeout=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServerStartError) as excinfo:
+        await server.start()
+    # Past the 1 s stall timeout (progress kept it alive), stopped by the 2 s cap.
+    assert 2 <= loop.time() - started < 15
+    assert "did not become healthy within max_startup_time=2s" in str(excinfo.value)
+    assert "still going" in excinfo.value.output_tail
+    assert excinfo.value.returncode == -signal.SIGTERM
+    assert_all_runs_gone(tmp_path)
+
+
+_READS_ITS_MODEL = """
+print("0.00.004.392 I srv    load_model: loading model 'weights'", flush=True)
+with open(ARGV[ARGV.index("--model") + 1], "rb") as f:
+    while f.read(1 << 20):
+        time.sleep(0.02)
+print("0.00.005.000 I llama_context: constructing llama_context", flush=True)
+serve(ready_line="main: model loaded")
+"""
+
+_STAGES = ["starting", "loading", "initializing", "ready"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fraction is read from /proc")
+async def test_on_progress_reports_stages_and_the_fraction_of_the_model_read(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.gguf"
+    weights.write_bytes(b"\0" * (40 << 20))  # 40 reads of 1 MiB, 20 ms apart
+    seen: list[LoadProgress] = []
+    server = LlamaServer(
+        make_fake(tmp_path, _READS_ITS_MODEL),
+        ["--model", str(weights)],
+        startup_timeout=30,
+        model_size=weights.stat().st_size,
+        on_progress=seen.append,
+    )
+    async with server:
+        pass
+    stages = [p.stage for p in seen]
+    assert stages[0] == "starting" and stages[-1] == "ready"
+    assert [_STAGES.index(s) for s in stages] == sorted(_STAGES.index(s) for s in stages)
+    loading = [p for p in seen if p.stage == "loading"]
+    assert loading and loading[0].message == "load_model: loading model 'weights'"
+    fractions = [p.fraction for p in loading]
+    assert all(f is not None and 0 <= f <= 1 for f in fractions)
+    assert fractions == sorted(fractions)  # type: ignore[type-var]
+    assert len(set(fractions)) >= 3, fractions  # it moved while the file was read
+    assert seen[-1].fraction == 1.0
+    assert [p.elapsed for p in seen] == sorted(p.elapsed for p in seen)
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_an_exception_in_on_progress_fails_the_start_and_stops_the_server(tmp_path: Path) -> None:
+    def broken(progress: LoadProgress) -> None:
+        raise RuntimeError("the progress bar broke")
+
+    server = LlamaServer(make_fake(tmp_path, HEALTHY), [], startup_timeout=30, on_progress=broken)
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        await server.start()
+    assert not server.running
+    assert_gone(server.pid)  # it may not even have got as far as recording its run
+
+
+# -- the server that answers must be ours ----------------------------------------------------------
+
+
+class Stranger:
+    """Someone else's server that holds a port: healthy, with its own model."""
+
+    def __init__(self, props_status: int) -> None:
+        self.props_status = props_status
+        self.requests: list[str] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(f"{request.method} {request.path}")
+        if request.path == "/health":
+            return web.json_response({"status": "ok"})
+        if request.path == "/props" and self.props_status == 200:
+            return web.json_response({"model_path": "/someone/else.gguf", "total_slots": 1})
+        return web.json_response({"error": {"code": 401, "message": "Invalid API Key"}}, status=401)
+
+
+@pytest.mark.parametrize("props_status", [200, 401], ids=["other-model", "other-key"])
+async def test_a_strangers_server_on_our_port_is_never_taken_for_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, props_status: int
+) -> None:
+    stranger = Stranger(props_status)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", stranger.handle)
+    site = TestServer(app, host=HOST, port=0)
+    await site.start_server()
+    try:
+        assert site.port is not None
+        monkeypatch.setattr(server_module, "free_port", lambda host=HOST: site.port)
+        # Our process never binds (as when it lost the port race and is slow to exit).
+        binary = make_fake(tmp_path, "time.sleep(3600)\n")
+        server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2, model_path="/ours.gguf")
+        with pytest.raises(ServerStartError) as excinfo:
+            await server.start()
+    finally:
+        await site.close()
+    assert "it is not ours" in str(excinfo.value)
+    assert server.props is None
+    assert set(stranger.requests) == {"GET /health", "GET /props"}  # nothing was ever sent to it
+    assert_all_runs_gone(tmp_path)
+
+
+async def test_a_server_that_names_our_model_is_accepted_and_its_props_kept(tmp_path: Path) -> None:
+    body = """
+    import http.server
+    class Props(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = json.dumps({"status": "ok", "model_path": "/ours.gguf"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer((HOST, PORT), Props).serve_forever()
+    """
+    async with LlamaServer(make_fake(tmp_path, body), [], startup_timeout=30, model_path="/ours.gguf") as server:
+        assert server.props is not None and server.props["model_path"] == "/ours.gguf"
+    assert_all_runs_gone(tmp_path)
