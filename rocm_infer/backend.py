@@ -200,6 +200,7 @@ class LlamaCppBackend:
             env=self.environment(config),
             startup_timeout=config.startup_timeout,
             max_startup_time=config.max_startup_time,
+            idle_timeout=config.idle_timeout,
             model_path=model_path,
             model_size=header.file_size,
             on_progress=on_progress,

@@ -165,11 +165,16 @@ class LoadConfig:
       before it is given up: a stall timeout, so slow loads of big models
       are not killed early.
     * ``max_startup_time``: seconds start-up may take in all, progress or not.
+    * ``idle_timeout``: seconds a stream may go without receiving anything
+      before it is closed and raises :class:`~rocm_infer.errors.TimeoutError`
+      (a server that stopped sending without closing); ``None``: wait forever.
+      It is not a limit on a generation's length: a stream that keeps
+      sending is never cut.
     * ``adapter_path``: a LoRA adapter to load with the model.
     * ``restart``: a :class:`RestartPolicy` to start llama-server again after
       it crashed (``True``: the default policy; an int ``n``: at most ``n``
-      restarts in the default window); ``None`` (the default) or ``False``:
-      a crash is final, every later call raises it.
+      restarts in the default window); ``None`` (the default), ``False`` or
+      ``0``: a crash is final, every later call raises it.
     """
 
     context_len: int = 0
@@ -182,6 +187,7 @@ class LoadConfig:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     startup_timeout: float = 60.0
     max_startup_time: float = 1800.0
+    idle_timeout: float | None = 120.0
     adapter_path: str | None = None
     restart: RestartPolicy | None = None
 
@@ -192,13 +198,14 @@ class LoadConfig:
         _check_int("threads", self.threads, minimum=0)
         _check_float("startup_timeout", self.startup_timeout, low=0.0, low_open=True)
         _check_float("max_startup_time", self.max_startup_time, low=0.0, low_open=True)
+        _check_float("idle_timeout", self.idle_timeout, low=0.0, low_open=True, optional=True)
         restart: object = self.restart
         if restart is True:
             restart = RestartPolicy()
         elif restart is False or restart is None:
             restart = None
         elif isinstance(restart, int):
-            restart = RestartPolicy(max_restarts=restart)
+            restart = RestartPolicy(max_restarts=restart) if restart else None
         elif not isinstance(restart, RestartPolicy):
             raise TypeError(f"restart must be a RestartPolicy, a bool or an int, not {type(restart).__name__}")
         object.__setattr__(self, "restart", restart)

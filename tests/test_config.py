@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rocm_infer import GenerateConfig, LoadConfig
+from rocm_infer import GenerateConfig, LoadConfig, RestartPolicy
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,14 @@ def test_build_applies_options_over_a_config_and_rejects_unknown_names() -> None
         ({"startup_timeout": 0}, ValueError),
         ({"startup_timeout": float("inf")}, ValueError),
         ({"server_path": 42}, TypeError),
+        ({"max_startup_time": 0}, ValueError),
+        ({"max_startup_time": "60"}, TypeError),
+        ({"restart": "always"}, TypeError),
+        ({"restart": -1}, ValueError),
+        ({"restart": 2.5}, TypeError),
+        ({"idle_timeout": 0}, ValueError),
+        ({"idle_timeout": float("nan")}, ValueError),
+        ({"idle_timeout": "120"}, TypeError),
     ],
 )
 def test_load_config_rejects(options: dict[str, Any], error: type[Exception]) -> None:
@@ -93,3 +101,27 @@ def test_load_config_normalises_sequences_and_paths(tmp_path: Any) -> None:
     assert config.extra_args == ("-fa", "on")
     assert config.adapter_path == str(tmp_path)
     assert LoadConfig.build(config, threads=4).threads == 4
+
+
+@pytest.mark.parametrize(
+    ("restart", "expected"),
+    [
+        (None, None),
+        (False, None),
+        (0, None),
+        (True, RestartPolicy()),
+        (5, RestartPolicy(max_restarts=5)),
+        (RestartPolicy(1, 30.0), RestartPolicy(1, 30.0)),
+    ],
+)
+def test_load_config_restart_shorthands(restart: object, expected: RestartPolicy | None) -> None:
+    assert LoadConfig(restart=restart).restart == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [({"max_restarts": 0}, ValueError), ({"window": 0}, ValueError), ({"max_restarts": 1.0}, TypeError)],
+)
+def test_restart_policy_rejects(options: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        RestartPolicy(**options)
