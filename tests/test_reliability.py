@@ -6,8 +6,10 @@ docs/reliability.md lists every fault the SDK survives and the test that proves 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -312,3 +314,26 @@ async def test_a_model_too_big_for_the_memory_it_may_use_fails_the_start(
     # "failed to allocate buffer for kv cache" or "std::bad_alloc", by where the limit bites first.
     assert "failed to initialize the context" in info.value.output_tail, info.value.output_tail
 
+
+# -- docs/reliability.md ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_test_named_in_the_reliability_table_exists() -> None:
+    """docs/reliability.md names the test behind every row: each name must be a real test."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named: list[tuple[str, str]] = []
+    module = ""
+    # "`test_x.py::test_a`, `::test_b`": a bare "::name" belongs to the module named before it.
+    for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)", text):
+        module = file or module
+        named.append((module, name))
+    assert len(named) > 40
+    missing = []
+    for file, name in named:
+        tree = ast.parse((ROOT / "tests" / file).read_text())
+        tests = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        if name not in tests:
+            missing.append(f"{file}::{name}")
+    assert missing == []
