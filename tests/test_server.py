@@ -547,12 +547,19 @@ async def test_stop_before_start(tmp_path: Path) -> None:
 # -- cancellation ----------------------------------------------------------------------------------
 
 
-async def cancel_start(tmp_path: Path, body: str, stop_timeout: float) -> tuple[LlamaServer, int]:
-    """Start a fake that never gets healthy, cancel start() while it waits; the server and its pid."""
+async def cancel_start(
+    tmp_path: Path, body: str, stop_timeout: float, *, after_line: str | None = None
+) -> tuple[LlamaServer, int]:
+    """Start a fake that never gets healthy, cancel start() while it waits (once it has printed
+    ``after_line``, if given); the server and its pid."""
     server = LlamaServer(make_fake(tmp_path, body), [], startup_timeout=60, stop_timeout=stop_timeout)
     task = asyncio.create_task(server.start())
     pid = await wait_for_pid(server)
     await asyncio.sleep(0.3)
+    for _ in range(1000):
+        if after_line is None or after_line in server.output_tail:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -568,8 +575,9 @@ async def test_cancel_start(tmp_path: Path) -> None:
 
 
 async def test_cancel_start_of_process_ignoring_sigterm(tmp_path: Path) -> None:
-    body = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)\n"
-    server, pid = await cancel_start(tmp_path, body, stop_timeout=0.3)
+    body = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ignoring SIGTERM', flush=True)\ntime.sleep(3600)\n"
+    # Cancelled before the fake has set its handler (a slow interpreter start), SIGTERM would end it.
+    server, pid = await cancel_start(tmp_path, body, stop_timeout=0.3, after_line="ignoring SIGTERM")
     assert server.returncode == -signal.SIGKILL
     assert_gone(pid)
 
