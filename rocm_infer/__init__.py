@@ -18,11 +18,13 @@ from .backend import (
 )
 from .client import EventStream, LlamaServerClient
 from .config import GenerateConfig, LoadConfig, RestartPolicy
+from .discovery import ModelList, SkippedFile, discover_models
 from .errors import (
     APIError,
     BinaryNotFoundError,
     ConnectionError,
     ContextLengthError,
+    InsufficientVRAMError,
     InvalidModelError,
     ModelClosedError,
     ModelNotFoundError,
@@ -33,6 +35,8 @@ from .errors import (
     ServerStartError,
     TimeoutError,
 )
+from .gguf import read_gguf_info
+from .gpu import GpuInfo, VramInfo, gpus, vram_info
 from .model import ModelContext, TextModel, TokenStream, connect
 from .server import LlamaServer
 from .types import (
@@ -59,6 +63,8 @@ __all__ = [
     "EventStream",
     "GenerateConfig",
     "GenerateMetrics",
+    "GpuInfo",
+    "InsufficientVRAMError",
     "InvalidModelError",
     "LlamaCppBackend",
     "LlamaServer",
@@ -69,6 +75,7 @@ __all__ = [
     "ModelClosedError",
     "ModelContext",
     "ModelInfo",
+    "ModelList",
     "ModelNotFoundError",
     "ProtocolError",
     "RestartPolicy",
@@ -77,17 +84,23 @@ __all__ = [
     "ServerError",
     "ServerExitedError",
     "ServerStartError",
+    "SkippedFile",
     "TextModel",
     "TimeoutError",
     "Token",
     "TokenLogprob",
     "TokenStream",
+    "VramInfo",
     "__version__",
     "connect",
     "default_backend",
+    "discover_models",
     "find_llama_server",
     "get_backend",
+    "gpus",
     "list_backends",
     "load_model",
+    "read_gguf_info",
     "register",
+    "vram_info",
 ]

@@ -31,11 +31,12 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 
 from .config import LoadConfig
-from .errors import BinaryNotFoundError, ModelNotFoundError
-from .gguf import GGUFHeader, check_gguf_file, read_gguf_header
+from .errors import BinaryNotFoundError, InsufficientVRAMError, ModelNotFoundError
+from .gguf import check_gguf_file, read_gguf_info
+from .gpu import SYSFS, GpuInfo, VramMonitor, choose_device, gpus
 from .model import ModelContext, TextModel, model_info
 from .server import LlamaServer
-from .types import LoadProgress
+from .types import LoadProgress, ModelInfo, format_bytes
 
 __all__ = [
     "Backend",
@@ -127,14 +128,33 @@ def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[s
     return args
 
 
-def _preflight(path: str, config: LoadConfig) -> tuple[str, GGUFHeader]:
+def _preflight(path: str, config: LoadConfig) -> tuple[str, ModelInfo]:
     """Everything that can be checked before a process starts: the binary, the
     model file, the adapter. Blocking file I/O, so it runs in a worker thread."""
     binary = find_llama_server(config.server_path)
     model_path = check_gguf_file(path)
     if config.adapter_path is not None and not os.path.isfile(config.adapter_path):
         raise ModelNotFoundError(config.adapter_path)
-    return binary, read_gguf_header(model_path)
+    return binary, read_gguf_info(model_path)
+
+
+def check_fit(info: ModelInfo, config: LoadConfig, device: GpuInfo | None) -> None:
+    """Warn, or with ``config.check_fit`` raise InsufficientVRAMError, when every
+    layer is to go to ``device`` and the model file is larger than its free VRAM."""
+    if device is None or config.gpu_layers != -1 or info.file_size is None:
+        return
+    if info.file_size <= device.vram_free:
+        return
+    message = (
+        f"model {info.path!r} ({format_bytes(info.file_size)}) is larger than the free VRAM of GPU "
+        f"{device.index} ({device.name}: {format_bytes(device.vram_free)} free of "
+        f"{format_bytes(device.vram_total)}); offload fewer layers (gpu_layers) or free VRAM"
+    )
+    if config.check_fit:
+        raise InsufficientVRAMError(
+            message, required=info.file_size, available=device.vram_free, device=device.index, path=info.path
+        )
+    logger.warning("%s", message)
 
 
 @runtime_checkable
@@ -171,7 +191,11 @@ class LlamaCppBackend:
             return False
         return True
 
-    def environment(self, config: LoadConfig) -> dict[str, str]:
+    def device(self, config: LoadConfig) -> GpuInfo | None:
+        """The GPU whose VRAM this backend checks and reports for ``config``: none here."""
+        return None
+
+    def environment(self, config: LoadConfig, device: GpuInfo | None = None) -> dict[str, str]:
         """The llama-server process environment for ``config``."""
         env = dict(os.environ)
         if config.devices:
@@ -191,26 +215,37 @@ class LlamaCppBackend:
         ``ServerStartError`` if llama-server fails to start (nothing is left
         running). Cancelling the call stops the half-started server.
         """
-        binary, header = await anyio.to_thread.run_sync(_preflight, path, config)
-        model_path = header.path
-        context_len = _context_len(config, header.context_length)
+        binary, file_info = await anyio.to_thread.run_sync(_preflight, path, config)
+        device = await anyio.to_thread.run_sync(self.device, config)
+        check_fit(file_info, config, device)
+        model_path = file_info.path
+        assert model_path is not None
+        context_len = _context_len(config, file_info.train_context_len)
         server = LlamaServer(
             binary,
             server_args(model_path, config, context_len),
-            env=self.environment(config),
+            env=self.environment(config, device),
             startup_timeout=config.startup_timeout,
             max_startup_time=config.max_startup_time,
             idle_timeout=config.idle_timeout,
             model_path=model_path,
-            model_size=header.file_size,
+            model_size=file_info.file_size,
             on_progress=on_progress,
         )
         await server.start()
         assert server.props is not None  # start() read it to check the server is ours
-        info = model_info(server.props, header)
+        info = model_info(server.props, file_info)
         logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
+        vram = VramMonitor(device) if device is not None else None
+        if vram is not None:
+            vram.sample()  # the weights are in VRAM now: the first peak
         return TextModel(
-            server.client, info, model_type=header.architecture or "unknown", server=server, restart=config.restart
+            server.client,
+            info,
+            model_type=file_info.architecture or "unknown",
+            server=server,
+            restart=config.restart,
+            vram=vram,
         )
 
 
@@ -218,19 +253,34 @@ _ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})
 
 
 class RocmBackend(LlamaCppBackend):
-    """llama-server on an AMD GPU through ROCm/HIP."""
+    """llama-server on an AMD GPU through ROCm/HIP.
+
+    The GPU is ``LoadConfig.devices[0]``, else the discrete GPU the amdgpu
+    driver reports under ``sysfs`` (see :mod:`rocm_infer.gpu`); its VRAM is
+    checked before loading (``LoadConfig.check_fit``) and reported in every
+    generation's metrics.
+    """
 
     name = "rocm"
+
+    def __init__(self, sysfs: str = SYSFS) -> None:
+        self.sysfs = sysfs
 
     def available(self) -> bool:
         return os.path.exists("/dev/kfd") and super().available()
 
-    def environment(self, config: LoadConfig) -> dict[str, str]:
+    def device(self, config: LoadConfig) -> GpuInfo | None:
+        return choose_device(config.devices, gpus(self.sysfs))
+
+    def environment(self, config: LoadConfig, device: GpuInfo | None = None) -> dict[str, str]:
         # Drop every inherited HIP_* setting, and the ROCr-level device filters the
         # HIP runtime also honours: a stray HIP_VISIBLE_DEVICES (or an iGPU that is
         # enumerated as device 0) must not decide the GPU.
         env = {k: v for k, v in os.environ.items() if not k.startswith("HIP_") and k not in _ROCM_DEVICE_FILTERS}
-        env["HIP_VISIBLE_DEVICES"] = ",".join(map(str, config.devices)) if config.devices else "0"
+        if config.devices:
+            env["HIP_VISIBLE_DEVICES"] = ",".join(map(str, config.devices))
+        else:
+            env["HIP_VISIBLE_DEVICES"] = str(device.index) if device is not None else "0"
         env.update(config.env)
         return env
 

@@ -171,6 +171,11 @@ class LoadConfig:
       It is not a limit on a generation's length: a stream that keeps
       sending is never cut.
     * ``adapter_path``: a LoRA adapter to load with the model.
+    * ``check_fit``: refuse (:class:`~rocm_infer.errors.InsufficientVRAMError`)
+      to load a model file larger than the free VRAM of the GPU it goes to,
+      when ``gpu_layers`` is -1; without it such a load only logs a warning.
+      Checked by the ROCm backend (the GPU is ``devices[0]``, else the
+      discrete GPU), where the amdgpu driver reports VRAM.
     * ``restart``: a :class:`RestartPolicy` to start llama-server again after
       it crashed (``True``: the default policy; an int ``n``: at most ``n``
       restarts in the default window); ``None`` (the default), ``False`` or
@@ -190,9 +195,12 @@ class LoadConfig:
     idle_timeout: float | None = 120.0
     adapter_path: str | None = None
     restart: RestartPolicy | None = None
+    check_fit: bool = False
 
     def __post_init__(self) -> None:
         _check_int("context_len", self.context_len, minimum=0)
+        if not isinstance(self.check_fit, bool):
+            raise TypeError(f"check_fit must be a bool, not {type(self.check_fit).__name__}")
         _check_int("gpu_layers", self.gpu_layers, minimum=-1)
         _check_int("parallel_slots", self.parallel_slots, minimum=0)
         _check_int("threads", self.threads, minimum=0)

@@ -9,6 +9,7 @@ working::
     ├── BinaryNotFoundError          no usable llama-server binary
     ├── ModelNotFoundError           (also FileNotFoundError) the model path does not exist
     ├── InvalidModelError            (also ValueError) the file is not a readable GGUF model
+    ├── InsufficientVRAMError        the model does not fit the GPU's free VRAM (LoadConfig.check_fit)
     ├── ServerError                  the llama-server process failed
     │   ├── ServerStartError         it exited or never became healthy during start-up
     │   └── ServerExitedError        it died while the model was in use
@@ -33,6 +34,7 @@ __all__ = [
     "BinaryNotFoundError",
     "ConnectionError",
     "ContextLengthError",
+    "InsufficientVRAMError",
     "InvalidModelError",
     "ModelClosedError",
     "ModelNotFoundError",
@@ -61,15 +63,20 @@ class BinaryNotFoundError(RocmInferError):
 
 
 class ModelNotFoundError(RocmInferError, FileNotFoundError):
-    """The model file does not exist."""
+    """The model file (or the folder of models) does not exist.
 
-    def __init__(self, path: str) -> None:
+    ``path`` is what was looked for; ``message``, when given, replaces the
+    default ``model file not found: PATH``.
+    """
+
+    def __init__(self, path: str, *, message: str | None = None) -> None:
         # FileNotFoundError(errno, strerror, filename) fills .filename for callers.
         super().__init__(2, "model file not found", path)
         self.path = path
+        self.message = message
 
     def __str__(self) -> str:
-        return f"model file not found: {self.path!r}"
+        return self.message or f"model file not found: {self.path!r}"
 
 
 class InvalidModelError(RocmInferError, ValueError):
@@ -82,6 +89,23 @@ class InvalidModelError(RocmInferError, ValueError):
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+class InsufficientVRAMError(RocmInferError):
+    """The model file is larger than the free VRAM of the GPU it would go to.
+
+    Raised before anything starts when ``LoadConfig(check_fit=True)`` and every
+    layer is to be offloaded (``gpu_layers == -1``). ``required`` is the model
+    file's size and ``available`` the GPU's free VRAM, in bytes; ``device`` is
+    the ROCm device index and ``path`` the model file.
+    """
+
+    def __init__(self, message: str, *, required: int, available: int, device: int, path: str | None = None) -> None:
+        super().__init__(message)
+        self.required = required
+        self.available = available
+        self.device = device
+        self.path = path
 
 
 class ServerError(RocmInferError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import logging
 import os
@@ -37,7 +38,8 @@ from .errors import (
     ServerExitedError,
     TimeoutError,
 )
-from .gguf import GGUFHeader, read_gguf_header
+from .gguf import read_gguf_info
+from .gpu import VramMonitor
 from .server import LlamaServer
 from .types import (
     BatchResult,
@@ -380,12 +382,14 @@ class TokenStream:
             self._pos = 0
         self.finish_reason = reason
         self.error = error
-        self.metrics = _metrics_from(
-            self._final,
-            prompt_tokens=self._prompt_tokens,
-            generated=self._count,
-            started=self._started or time.perf_counter(),
-            first=self._first,
+        self.metrics = self._model._with_vram(
+            _metrics_from(
+                self._final,
+                prompt_tokens=self._prompt_tokens,
+                generated=self._count,
+                started=self._started or time.perf_counter(),
+                first=self._first,
+            )
         )
         if error is not None:
             self._model.err = error
@@ -447,8 +451,10 @@ class TextModel:
         model_type: str = "unknown",
         server: LlamaServer | None = None,
         restart: RestartPolicy | None = None,
+        vram: VramMonitor | None = None,
     ) -> None:
         self._client = client
+        self._vram = vram
         self._server = server
         self._restart_policy = restart if server is not None else None
         self._restarted_at: collections.deque[float] = collections.deque()
@@ -469,6 +475,13 @@ class TextModel:
         state = "closed" if self._closed else "dead" if self._dead else "ready"
         where = f"pid={self._server.pid}" if self._server is not None else self._client.base_url
         return f"<TextModel {self.model_type} {self.info.name or self.info.path!r} {where} {state}>"
+
+    def _with_vram(self, metrics: GenerateMetrics) -> GenerateMetrics:
+        """``metrics`` with the GPU's VRAM figures, read once as a generation ends."""
+        if self._vram is None:
+            return metrics
+        active, peak = self._vram.sample()
+        return dataclasses.replace(metrics, active_vram_bytes=active, peak_vram_bytes=peak)
 
     @property
     def server(self) -> LlamaServer | None:
@@ -768,18 +781,16 @@ class TextModel:
         await self.close()
 
 
-def model_info(props: Mapping[str, Any], header: GGUFHeader | None) -> ModelInfo:
-    """ModelInfo from llama-server's /props and, when the file is readable here, its GGUF header."""
+def model_info(props: Mapping[str, Any], file_info: ModelInfo | None) -> ModelInfo:
+    """ModelInfo of a loaded model: what llama-server's /props says (context,
+    slots, chat template, path) over what the GGUF file says, when it is
+    readable here (:func:`rocm_infer.read_gguf_info`)."""
     settings = props.get("default_generation_settings") or {}
-    path = props.get("model_path") or (header.path if header is not None else None)
-    return ModelInfo(
+    path = props.get("model_path") or (file_info.path if file_info is not None else None)
+    return dataclasses.replace(
+        file_info if file_info is not None else ModelInfo(path),
         path=path,
-        architecture=header.architecture if header is not None else None,
-        name=header.name if header is not None else None,
         context_len=int(settings.get("n_ctx") or 0),
-        train_context_len=header.context_length if header is not None else None,
-        vocab_size=header.vocab_size if header is not None else None,
-        file_size=header.file_size if header is not None else None,
         has_chat_template=bool(props.get("chat_template")),
         parallel_slots=int(props.get("total_slots") or 1),
     )
@@ -846,21 +857,21 @@ def connect(base_url: str, *, api_key: str | None = None) -> ModelContext:
         try:
             await client.health()
             props = await client.props()
-            header = await anyio.to_thread.run_sync(_local_header, props.get("model_path"))
+            file_info = await anyio.to_thread.run_sync(_local_info, props.get("model_path"))
         except BaseException:
             await client.aclose()
             raise
-        model_type = header.architecture if header is not None and header.architecture else "unknown"
-        return TextModel(client, model_info(props, header), model_type=model_type)
+        info = model_info(props, file_info)
+        return TextModel(client, info, model_type=info.architecture or "unknown")
 
     return ModelContext(attach())
 
 
-def _local_header(path: object) -> GGUFHeader | None:
-    """The GGUF header of the server's model, if that file is readable from here."""
+def _local_info(path: object) -> ModelInfo | None:
+    """What the server's model file says, if that file is readable from here."""
     if not isinstance(path, str) or not os.path.isfile(path):
         return None
     try:
-        return read_gguf_header(path)
+        return read_gguf_info(path)
     except (RocmInferError, OSError):
         return None
