@@ -18,7 +18,7 @@ $(VENV)/.test: $(VENV)/.demo
 	touch $@
 
 demo: $(VENV)/.demo
-	$(BIN)/python examples/demo.py
+	$(BIN)/rocm-infer demo --cache-dir .cache/demo
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check rocm_infer tests examples scripts benchmarks

@@ -23,10 +23,8 @@ def model_path() -> Path:
 
 def demo_model() -> Path:
     """The tiny demo model, made on first use."""
-    if not DEMO_MODEL.exists():
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from tiny_model import make_tiny_model
+    from rocm_infer.tiny_model import demo_model
 
+    if not DEMO_MODEL.exists():
         print(f"making the tiny demo model at {DEMO_MODEL.relative_to(ROOT)} ...", file=sys.stderr)
-        make_tiny_model(DEMO_MODEL, seed=0)
-    return DEMO_MODEL
+    return demo_model(DEMO_MODEL.parent)

@@ -20,7 +20,10 @@ def test_all_is_sorted_and_complete() -> None:
     assert public == set(rocm_infer.__all__) - {"__version__"}
 
 
-@pytest.mark.parametrize("module", ["backend", "client", "config", "errors", "model", "server", "sse", "types"])
+@pytest.mark.parametrize(
+    "module",
+    ["backend", "cli", "client", "config", "discovery", "errors", "gguf", "gpu", "model", "server", "sse", "types"],
+)
 def test_module_all_names_exist(module: str) -> None:
     mod = importlib.import_module(f"rocm_infer.{module}")
     for name in mod.__all__:

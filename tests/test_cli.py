@@ -1,0 +1,284 @@
+"""The rocm-infer command, run as users run it: the installed console script in a
+subprocess, against the real llama-server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gguf
+import pytest
+from test_gguf_info import write_model
+
+import rocm_infer
+
+pytestmark = pytest.mark.integration
+
+QT = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+COMMAND = shutil.which("rocm-infer", path=os.path.dirname(sys.executable))
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    assert COMMAND is not None, "the rocm-infer console script is not installed next to this Python"
+    return subprocess.run(
+        [COMMAND, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rocm-infer: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --------------------------------------------------------------------------- run
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_run_streams_then_prints_metrics(tiny_model_path: Path) -> None:
+    result = run_cli("run", str(tiny_model_path), "the river", "--max-tokens", "16", "--ignore-eos")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) >= 8  # random words from the word vocabulary
+    assert "[3 prompt tokens, 16 generated (length), time to first token " in result.stderr
+    assert "tokens/s]" in result.stderr
+    assert "loading model" not in result.stderr  # no progress indicator on a pipe
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_json_gives_one_object_per_token_and_the_same_text(tiny_model_path: Path) -> None:
+    args = ("run", str(tiny_model_path), "the river", "--max-tokens", "12", "--ignore-eos", "--seed", "1")
+    plain = run_cli(*args)
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    tokens, final = objects[:-1], objects[-1]
+    assert all(set(t) == {"id", "text"} and isinstance(t["id"], int) for t in tokens)
+    assert final["finish_reason"] == "length" and final["metrics"]["generated_tokens"] == 12
+    assert "".join(t["text"] for t in tokens) + "\n" == plain.stdout  # greedy: the same text both times
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_chat_and_sampling_flags(tiny_model_path: Path) -> None:
+    result = run_cli(
+        "run",
+        str(tiny_model_path),
+        "Hello",
+        "--chat",
+        "--system",
+        "Be brief.",
+        "-n",
+        "8",
+        "-t",
+        "0.7",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--ignore-eos",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert " generated (length)" in result.stderr
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_interactive_chat_loop_keeps_a_history(tiny_model_path: Path) -> None:
+    result = run_cli(
+        "run", str(tiny_model_path), "-i", "-n", "6", "--ignore-eos", stdin="What is a GPU?\n\nAnd a CPU?\n"
+    )
+    assert result.returncode == 0, result.stderr
+    counts = [line for line in result.stderr.splitlines() if " generated (length)" in line]
+    assert len(counts) == 2  # the empty line is skipped; end of input ends the loop
+    first, second = (int(line.split()[0].lstrip("[")) for line in counts)
+    assert second > first + 6  # the second turn's prompt holds the first turn and its reply
+    assert "> " not in result.stderr  # no prompt when stdin is not a terminal
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_ctrl_c_mid_generation_exits_130_and_stops_the_server(tiny_model_path: Path) -> None:
+    assert COMMAND is not None
+    proc = subprocess.Popen(
+        [COMMAND, "run", str(tiny_model_path), "the", "--max-tokens", "100000", "--ignore-eos"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        received = b""
+        deadline = time.monotonic() + 60
+        while len(received.split()) < 20 and time.monotonic() < deadline:  # tokens are streaming
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                received += os.read(proc.stdout.fileno(), 4096)
+        assert len(received.split()) >= 20, "no tokens streamed"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    # no_leaked_servers checks that the llama-server it started is gone
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_progress_indicator_on_a_terminal(tiny_model_path: Path) -> None:
+    assert COMMAND is not None
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [COMMAND, "run", str(tiny_model_path), "the", "-n", "4"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(slave)
+        slave = -1
+        out, _ = proc.communicate(timeout=120)
+        seen = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal is closed once the child has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0
+    assert b"loading model: starting" in seen
+    assert b"\r\x1b[K" in seen  # the indicator line is cleared before the text
+    assert out.strip()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_model_is_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.gguf")
+    assert_one_line_error(run_cli("run", missing, "hi"), "model file not found", "nope.gguf")
+    debug = run_cli("--debug", "run", missing, "hi")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ModelNotFoundError" in debug.stderr
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_error_paths(tmp_path: Path, tiny_model_path: Path) -> None:
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04zip")
+    model = str(tiny_model_path)
+    assert_one_line_error(run_cli("run", str(not_gguf), "hi"), "not a GGUF file", "ZIP archive")
+    assert_one_line_error(run_cli("run", model, "hi", "--temperature", "-1"), "temperature must be >= 0")
+    assert_one_line_error(run_cli("run", model, "hi", "--backend", "nope"), "no backend named 'nope'")
+    assert_one_line_error(run_cli("run", model, "hi", "--server-path", str(tmp_path)), "not a file")
+    assert_one_line_error(run_cli("models", str(tmp_path / "none")), "model directory not found")
+    assert_one_line_error(run_cli("info", str(not_gguf)), "not a GGUF file")
+    usage = run_cli("run", model)
+    assert usage.returncode == 2 and "needs a PROMPT" in usage.stderr
+    assert run_cli("frobnicate").returncode == 2
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_server_that_fails_to_start_is_one_line(tmp_path: Path, tiny_model_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'error: this build is broken' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    result = run_cli("run", str(tiny_model_path), "hi", "--server-path", str(fake))
+    assert_one_line_error(result, "exited", "3")
+
+
+# --------------------------------------------------------------------------- models / info / doctor / demo
+
+
+def test_models_table(tmp_path: Path, tiny_model_path: Path) -> None:
+    shutil.copy(tiny_model_path, tmp_path / "tiny.gguf")
+    write_model(tmp_path / "q4.gguf", FT.MOSTLY_Q4_K_M, QT.Q4_K)
+    write_model(tmp_path / "big.gguf", FT.MOSTLY_Q8_0, QT.Q8_0, split_max_tensors=4)
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    result = run_cli("models", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["NAME", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE", "FILE"]
+    assert len(rows) == 3
+    assert rows[0].split()[-3:] == ["big-00001-of-00003.gguf", "(+2", "shards)"]
+    assert "Q8_0" in rows[0] and "Q4_K_M" in rows[1]
+    tiny = rocm_infer.read_gguf_info(tiny_model_path)
+    assert rows[2].split()[:5] == [tiny.name, "llama", tiny.size_label, "F16", "8192"]
+    assert result.stderr.startswith("skipped broken.gguf: ") and "truncated" in result.stderr
+
+    as_json = json.loads(run_cli("models", str(tmp_path), "--json").stdout)
+    assert [Path(m["path"]).name for m in as_json["models"]] == ["big-00001-of-00003.gguf", "q4.gguf", "tiny.gguf"]
+    assert [Path(s["path"]).name for s in as_json["skipped"]] == ["broken.gguf"]
+
+
+def test_info(tiny_model_path: Path) -> None:
+    result = run_cli("info", str(tiny_model_path))
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split("  ", 1) for line in result.stdout.splitlines())
+    info = rocm_infer.read_gguf_info(tiny_model_path)
+    assert fields["architecture"].strip() == "llama"
+    assert fields["parameters"].strip() == f"{info.parameter_count:,}"
+    assert fields["quantization"].strip() == "F16"
+    assert fields["context length"].strip() == "8192"
+    assert json.loads(run_cli("info", str(tiny_model_path), "--json").stdout) == dataclasses.asdict(info)
+
+
+def test_doctor(server_binary: str) -> None:
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"llama-server: {server_binary}" in out
+    assert "version:" in out and "ggml backends in this build:" in out
+    assert ("/dev/kfd: present" in out) == os.path.exists("/dev/kfd")
+    assert "rocm_infer backend llama_cpp: available" in out
+    if not rocm_infer.gpus():
+        assert "AMD GPUs: none" in out
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_demo_makes_its_model_once(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run_cli("demo", "--cache-dir", str(cache))
+    assert first.returncode == 0, first.stderr
+    assert "making the tiny demo model" in first.stderr
+    assert first.stdout.startswith("Once upon a time")
+    assert "200 generated (length)" in first.stderr
+    assert (cache / "tiny-llama.gguf").is_file()
+    again = run_cli("demo", "--cache-dir", str(cache), "-n", "5")
+    assert again.returncode == 0 and "making" not in again.stderr and "5 generated (length)" in again.stderr
+
+
+def test_demo_without_the_gguf_package_says_what_to_install(tmp_path: Path) -> None:
+    # The same entry point with the gguf package hidden, as on an install without the demo extra.
+    code = (
+        "import sys; sys.modules['gguf'] = None; from rocm_infer.cli import main; "
+        f"sys.exit(main(['demo', '--cache-dir', {str(tmp_path)!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(result, "pip install 'rocm_infer[demo]'")
