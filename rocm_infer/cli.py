@@ -454,7 +454,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     for name in rocm_infer.list_backends():
         ok = rocm_infer.get_backend(name).available()
         available += [name] if ok else []
-        print(f"rocm_infer backend {name}: {'available' if ok else 'not available'}")
+        why = " (needs /dev/kfd and a llama-server binary)" if name == "rocm" and not ok else ""
+        print(f"rocm_infer backend {name}: {'available' if ok else 'not available'}{why}")
     if available:
         print(f"load_model() uses: {available[0]}")
     if found and not kfd:
