@@ -33,6 +33,11 @@ Every count is checked against the bytes left in the file before it is used,
 so a corrupt or hostile file can neither make the reader loop for long nor
 make it allocate more than the limits above.
 
+:func:`read_gguf_info` turns a header into a :class:`~rocm_infer.types.ModelInfo`:
+the well-known keys, plus what the tensor-info table says (parameter count,
+the bits per weight actually stored, the ggml type most weights use), and
+``general.file_type`` as a quantisation name with its bits and block size.
+
 Only little-endian files are read: llama.cpp loads GGUF files only in the
 host's byte order, and every host llama-server runs on here is little-endian,
 so a big-endian file is reported as such instead of failing later in
@@ -914,7 +919,8 @@ def read_gguf_info(path: str | os.PathLike[str]) -> ModelInfo:
     multi-GB file takes milliseconds). For the first shard of a split model
     (``name-00001-of-00003.gguf``) the other shards' headers are read too:
     ``file_size``, ``parameter_count`` and ``bits_per_weight`` cover the
-    whole model. The result has ``context_len == 0`` (no server context
+    whole model; a later shard given alone is described as it is (its own
+    tensors, none of the model's metadata). The result has ``context_len == 0`` (no server context
     exists for a file that is not loaded; ``train_context_len`` is the
     model's own) and ``parallel_slots == 1``.
 

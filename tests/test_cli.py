@@ -146,6 +146,37 @@ def test_ctrl_c_mid_generation_exits_130_and_stops_the_server(tiny_model_path: P
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
+def test_ctrl_c_while_the_chat_loop_waits_for_input(tiny_model_path: Path) -> None:
+    assert COMMAND is not None
+    proc = subprocess.Popen(
+        [COMMAND, "run", str(tiny_model_path), "-i", "-n", "4", "--ignore-eos"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"generated (length)" not in seen and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                seen += os.read(proc.stderr.fileno(), 4096)
+        assert b"generated (length)" in seen, seen  # one turn done; now it waits on stdin (kept open)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert proc.returncode == 130
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
 def test_progress_indicator_on_a_terminal(tiny_model_path: Path) -> None:
     assert COMMAND is not None
     master, slave = pty.openpty()
