@@ -402,6 +402,12 @@ def _binary_report(binary: str) -> tuple[list[str], list[str], list[str]]:
                 devices.append(ln.strip())
     except (OSError, subprocess.TimeoutExpired):
         pass
+    # A build whose ggml libraries live elsewhere still names its devices by backend: "ROCm0: ...".
+    for device in devices:
+        if match := re.match(r"([A-Za-z]+)\d+:", device):
+            name = "HIP" if match.group(1) == "ROCm" else match.group(1)
+            if name not in backends:
+                backends.append(name)
     return lines, backends, devices
 
 
