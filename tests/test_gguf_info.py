@@ -255,3 +255,38 @@ def test_repr_is_short_and_informative(tiny_model_path: Path) -> None:
     assert text.startswith("ModelInfo('rocm-infer-tiny-llama-seed0', arch=llama, params=")
     assert "quant=F16" in text and "context=8192 (trained)" in text and "MiB" in text
     assert len(text) < 160
+
+
+def resplit(source: Path, dest: Path, max_tensors: int) -> list[Path]:
+    """Rewrite the GGUF ``source`` as a split model (``dest``-0000N-of-0000M.gguf) with gguf-py."""
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(str(dest), str(_field(reader, "general.architecture")), split_max_tensors=max_tensors)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(dest.parent.glob(f"{dest.stem}-*-of-*.gguf"))
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("no_leaked_servers")
+async def test_split_model_loads_in_llama_server_as_one(tmp_path: Path, tiny_model_path: Path) -> None:
+    shards = resplit(tiny_model_path, tmp_path / "tiny.gguf", 8)
+    assert len(shards) == 3
+    whole = read_gguf_info(tiny_model_path)
+    async with rocm_infer.load_model(tiny_model_path) as model:
+        expected = await model.generate("the river", max_tokens=12, ignore_eos=True).collect()
+    async with rocm_infer.load_model(shards[0]) as model:
+        meta = (await model.client.models())["data"][0]["meta"]
+        assert model.info.split_count == 3 and model.info.tensor_count == whole.tensor_count
+        assert model.info.parameter_count == whole.parameter_count == meta["n_params"]
+        assert model.info.file_size == sum(p.stat().st_size for p in shards)
+        assert await model.generate("the river", max_tokens=12, ignore_eos=True).collect() == expected
