@@ -145,6 +145,39 @@ def test_ctrl_c_mid_generation_exits_130_and_stops_the_server(tiny_model_path: P
     # no_leaked_servers checks that the llama-server it started is gone
 
 
+def test_ctrl_c_while_the_model_loads_stops_the_server(tmp_path: Path, tiny_model_path: Path) -> None:
+    # A stand-in llama-server that starts and never becomes healthy: the load is in progress for good.
+    pid_file, term_file = tmp_path / "pid", tmp_path / "terminated"
+    fake = tmp_path / "llama-server"
+    fake.write_text(
+        f"#!/bin/sh\ntrap 'kill $!; echo yes > {term_file}; exit 0' TERM\necho $$ > {pid_file}\n"
+        "echo 'loading model tensors'\nsleep 600 &\nwait\n"
+    )
+    fake.chmod(0o755)
+    assert COMMAND is not None
+    proc = subprocess.Popen(
+        [COMMAND, "run", str(tiny_model_path), "hi", "--server-path", str(fake)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server_pid = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert term_file.read_text() == "yes\n"  # stopped with SIGTERM by rocm-infer, not killed with it
+    with pytest.raises(ProcessLookupError):
+        os.kill(server_pid, 0)
+
+
 @pytest.mark.usefixtures("no_leaked_servers")
 def test_ctrl_c_while_the_chat_loop_waits_for_input(tiny_model_path: Path) -> None:
     assert COMMAND is not None
