@@ -3,6 +3,7 @@ subprocess, against the real llama-server."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gguf
 import pytest
@@ -40,6 +43,21 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
         check=False,
         stdin=None if stdin is not None else subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def started(*args: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """The installed command running in the background (pipes for stdout and stderr, no stdin
+    unless given); killed if it is still running on the way out, its pipes closed."""
+    assert COMMAND is not None, "the rocm-infer console script is not installed next to this Python"
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "stdin": subprocess.DEVNULL, **popen}
+    with subprocess.Popen([COMMAND, *args], **popen) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -118,14 +136,7 @@ def test_interactive_chat_loop_keeps_a_history(tiny_model_path: Path) -> None:
 
 @pytest.mark.usefixtures("no_leaked_servers")
 def test_ctrl_c_mid_generation_exits_130_and_stops_the_server(tiny_model_path: Path) -> None:
-    assert COMMAND is not None
-    proc = subprocess.Popen(
-        [COMMAND, "run", str(tiny_model_path), "the", "--max-tokens", "100000", "--ignore-eos"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with started("run", str(tiny_model_path), "the", "--max-tokens", "100000", "--ignore-eos") as proc:
         assert proc.stdout is not None
         received = b""
         deadline = time.monotonic() + 60
@@ -136,10 +147,6 @@ def test_ctrl_c_mid_generation_exits_130_and_stops_the_server(tiny_model_path: P
         assert len(received.split()) >= 20, "no tokens streamed"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130
     assert b"interrupted" in stderr and b"Traceback" not in stderr
     # no_leaked_servers checks that the llama-server it started is gone
@@ -154,24 +161,13 @@ def test_ctrl_c_while_the_model_loads_stops_the_server(tmp_path: Path, tiny_mode
         "echo 'loading model tensors'\nsleep 600 &\nwait\n"
     )
     fake.chmod(0o755)
-    assert COMMAND is not None
-    proc = subprocess.Popen(
-        [COMMAND, "run", str(tiny_model_path), "hi", "--server-path", str(fake)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with started("run", str(tiny_model_path), "hi", "--server-path", str(fake)) as proc:
         deadline = time.monotonic() + 60
         while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
         server_pid = int(pid_file.read_text())
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, stderr
     assert term_file.read_text() == "yes\n"  # stopped with SIGTERM by rocm-infer, not killed with it
     with pytest.raises(ProcessLookupError):
@@ -180,14 +176,7 @@ def test_ctrl_c_while_the_model_loads_stops_the_server(tmp_path: Path, tiny_mode
 
 @pytest.mark.usefixtures("no_leaked_servers")
 def test_ctrl_c_while_the_chat_loop_waits_for_input(tiny_model_path: Path) -> None:
-    assert COMMAND is not None
-    proc = subprocess.Popen(
-        [COMMAND, "run", str(tiny_model_path), "-i", "-n", "4", "--ignore-eos"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with started("run", str(tiny_model_path), "-i", "-n", "4", "--ignore-eos", stdin=subprocess.PIPE) as proc:
         assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.write(b"hello\n")
         proc.stdin.flush()
@@ -199,13 +188,6 @@ def test_ctrl_c_while_the_chat_loop_waits_for_input(tiny_model_path: Path) -> No
         assert b"generated (length)" in seen, seen  # one turn done; now it waits on stdin (kept open)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
     assert proc.returncode == 130
 
 
