@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -441,6 +442,11 @@ class TextModel:
     and goes on, within the policy's limits (``restarts`` counts them). A
     generation that was streaming when the server died is never retried.
     ``metrics`` holds the metrics of the last finished generation.
+
+    Close it (``async with``, or ``await model.close()``). A model dropped
+    unclosed (say, a notebook cell that loads one, run twice) emits a
+    ``ResourceWarning`` and its llama-server is stopped at once (SIGTERM, then
+    SIGKILL after a second); never rely on that.
     """
 
     def __init__(
@@ -771,6 +777,18 @@ class TextModel:
             await self._client.aclose()
 
     aclose = close
+
+    def __del__(self) -> None:
+        # Dropped without close() (a notebook cell that loads a model, run twice): stop the
+        # llama-server now, synchronously, and warn as aiohttp does for an unclosed session.
+        if getattr(self, "_closed", True):  # closed, or __init__ never finished
+            return
+        message = f"unclosed model {self!r}: use `async with` or `await model.close()`"
+        try:
+            if self._server is not None:
+                self._server.stop_now()
+        finally:
+            warnings.warn(message, ResourceWarning, stacklevel=2, source=self)
 
     async def __aenter__(self) -> TextModel:
         return self

@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -91,27 +91,48 @@ def _stop_all_at_exit() -> None:
     if not pids:
         return
     logger.warning("stopping llama-server pid(s) %s at exit: a model was not closed", pids)
+    _stop_pids(pids, reap=True)
+    _running.clear()
+
+
+def _stop_pids(pids: Collection[int], *, reap: bool) -> None:
+    """SIGTERM ``pids``, wait up to ``_EXIT_GRACE`` seconds for them to exit, SIGKILL the rest.
+
+    Synchronous, for where nothing can be awaited (the exit hook, a finalizer). With
+    ``reap`` the processes are reaped here; without it they are only waited for, and
+    left for asyncio's child watcher to reap and report as usual.
+    """
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
+    left = _wait_gone(pids, reap=reap)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_gone(left, reap=reap)
+
+
+def _wait_gone(pids: Collection[int], *, reap: bool) -> set[int]:
+    """Wait up to ``_EXIT_GRACE`` seconds for ``pids`` to exit; those still running."""
+    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
     deadline = time.monotonic() + _EXIT_GRACE
     left = set(pids)
     while left:
         for pid in list(left):
             try:
-                reaped, _ = os.waitpid(pid, os.WNOHANG)
+                exited = os.waitid(os.P_PID, pid, flags) is not None
             except ChildProcessError:  # reaped already (by asyncio's child watcher)
-                reaped = pid
-            if reaped:
+                exited = True
+            if exited:
                 left.discard(pid)
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    _running.clear()
+    return left
+
+
+# stop() tasks that stop_now() scheduled, kept referenced until they finish.
+_finishing: set[asyncio.Task[int | None]] = set()
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -630,6 +651,30 @@ class LlamaServer:
                 ):
                     return
                 await asyncio.sleep(0.005)
+
+    def stop_now(self) -> None:
+        """Stop the process synchronously: SIGTERM, up to a second, then SIGKILL.
+
+        For where nothing can be awaited: a finalizer (a
+        :class:`~rocm_infer.model.TextModel` dropped without being closed).
+        Called in a running event loop, it also schedules :meth:`stop` there
+        to reap the process and close the HTTP client; elsewhere the client
+        is left as it is. Use ``await stop()`` wherever you can.
+        """
+        process = self._process
+        if process is None or self._stopped or process.returncode is not None or process.pid not in _running:
+            return  # (untracked: reaped already, by the exit hook or the loop; the pid may be reused)
+        self._stopping = True  # this exit is expected: _on_exit must not warn about it
+        logger.warning("stopping llama-server pid %d without the event loop: it was not stopped", process.pid)
+        _stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._exit_task is not None and self._exit_task.get_loop() is loop:
+            task = loop.create_task(self.stop())
+            _finishing.add(task)
+            task.add_done_callback(_finishing.discard)
 
     async def stop(self) -> int | None:
         """Stop llama-server (see the class docs) and return its exit status. Idempotent."""
