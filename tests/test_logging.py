@@ -1,0 +1,55 @@
+"""Library logging: one logger per module, named for it, no handlers; llama-server's output at DEBUG."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import logging
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import rocm_infer
+
+PACKAGE = Path(rocm_infer.__file__).parent
+MODULES = sorted(
+    f"rocm_infer.{m.name}" for m in pkgutil.walk_packages([str(PACKAGE)]) if not m.name.endswith("__init__")
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_logs_only_through_a_logger_named_for_it(module: str) -> None:
+    path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    if not path.exists():
+        path = path.with_suffix("") / "__init__.py"
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            assert name not in ("basicConfig", "addHandler", "setLevel"), f"{module} configures logging ({name})"
+            if name == "getLogger":
+                assert [ast.unparse(a) for a in node.args] == ["__name__"], f"{module}: {ast.unparse(node)}"
+            if isinstance(node.func.value, ast.Name) and node.func.value.id == "logging":
+                assert name in ("getLogger", "isEnabledFor"), f"{module} logs through the root logger ({name})"
+
+
+def test_importing_everything_installs_no_handler() -> None:
+    for module in MODULES:
+        importlib.import_module(module)
+    loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict if name.startswith("rocm_infer")]
+    assert loggers and all(not lg.handlers for lg in loggers)
+    assert all(lg.level == logging.NOTSET for lg in loggers)
+
+
+@pytest.mark.integration
+async def test_llama_servers_own_output_is_logged_at_debug(
+    tiny_model_path: Path, no_leaked_servers: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="rocm_infer.server"):
+        async with rocm_infer.load_model(tiny_model_path) as model:
+            pid = model.server.pid if model.server else None
+    lines = [r.getMessage() for r in caplog.records if r.name == "rocm_infer.server" and r.levelno == logging.DEBUG]
+    assert any(line.startswith(f"llama-server[{pid}]: ") and "model loaded" in line for line in lines), lines[-5:]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(f"llama-server pid {pid} ready on port" in m for m in info)
