@@ -1,4 +1,5 @@
-"""Library logging: one logger per module, named for it, no handlers; llama-server's output at DEBUG."""
+"""Load progress through load_model, and library logging: one logger per module, named for it, no
+handlers; llama-server's output at DEBUG."""
 
 from __future__ import annotations
 
@@ -53,3 +54,37 @@ async def test_llama_servers_own_output_is_logged_at_debug(
     assert any(line.startswith(f"llama-server[{pid}]: ") and "model loaded" in line for line in lines), lines[-5:]
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any(f"llama-server pid {pid} ready on port" in m for m in info)
+
+
+@pytest.mark.integration
+async def test_load_model_reports_progress_from_starting_to_ready(
+    tiny_model_path: Path, no_leaked_servers: None
+) -> None:
+    seen: list[rocm_infer.LoadProgress] = []
+    async with rocm_infer.load_model(tiny_model_path, on_progress=seen.append) as model:
+        assert seen and seen[-1].stage == "ready"  # reported before load_model returned
+        assert model.server is not None and model.server.running
+    order = ["starting", "loading", "initializing", "ready"]
+    stages = [p.stage for p in seen]
+    assert stages[0] == "starting" and stages == sorted(stages, key=order.index)
+    assert len(set(zip(stages, (p.fraction for p in seen), strict=True))) == len(seen)  # each report is news
+    assert all(p.fraction is None or 0.0 <= p.fraction <= 1.0 for p in seen)
+    assert [p.elapsed for p in seen] == sorted(p.elapsed for p in seen)
+    assert any(p.stage == "loading" and "loading model" in p.message for p in seen)
+
+
+@pytest.mark.integration
+async def test_a_failing_progress_callback_fails_the_load_and_leaves_nothing_running(
+    tiny_model_path: Path, no_leaked_servers: None
+) -> None:
+    def broken(progress: rocm_infer.LoadProgress) -> None:
+        if progress.stage == "initializing":
+            raise RuntimeError("the progress bar broke")
+
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        await rocm_infer.load_model(tiny_model_path, on_progress=broken)
+
+
+def test_a_progress_callback_that_is_not_callable_is_refused_at_once(tiny_model_path: Path) -> None:
+    with pytest.raises(TypeError, match="on_progress must be callable"):
+        rocm_infer.load_model(tiny_model_path, on_progress="print")  # type: ignore[arg-type]
