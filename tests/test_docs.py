@@ -73,6 +73,17 @@ def test_the_configuration_reference_names_every_field(config: type) -> None:
         assert default == _shown(getattr(defaults, name)), f"{config.__name__}.{name}: the page says {default}"
 
 
+def test_the_errors_reference_names_every_error() -> None:
+    from rocm_infer import errors
+
+    page = (DOCS / "errors.md").read_text()
+    tree = page.split("```")[1]
+    for name in errors.__all__:
+        assert re.search(rf"── {name}\b", tree) or name == "RocmInferError", f"{name} is not in the tree"
+        if name not in ("RocmInferError", "ServerError"):
+            assert f"| `{name}` |" in page, f"{name} has no row saying when it is raised"
+
+
 def _shown(value: object) -> str:
     if isinstance(value, frozenset) and not value:
         return "frozenset()"
