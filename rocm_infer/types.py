@@ -176,9 +176,10 @@ class ModelInfo:
             else f"{self.train_context_len} (trained)"
         )
         size = format_bytes(self.file_size) if self.file_size is not None else None
+        slots = f", slots={self.parallel_slots}" if self.context_len else ""  # loaded: the server's slots
         return (
             f"ModelInfo({name!r}, arch={self.architecture}, params={self.size_label}, "
-            f"quant={self.quantization}, context={context}, size={size})"
+            f"quant={self.quantization}, context={context}{slots}, size={size})"
         )
 
 

@@ -245,7 +245,7 @@ async def test_tiny_model_matches_what_llama_server_reports(model: rocm_infer.Te
     assert info.bits_per_weight == pytest.approx(meta["size"] * 8 / meta["n_params"])
     # The server's own figures for a loaded model, the file's for the rest.
     assert info.context_len == meta["n_ctx"] == 8192 // 4 and file_info.context_len == 0  # per slot
-    assert info.parallel_slots == 4
+    assert info.parallel_slots == 4 and "context=2048 (trained 8192), slots=4" in repr(info)
     assert (info.quantization, info.layer_count, info.architecture) == ("F16", 2, "llama")
     assert model.model_type == "llama"
 
@@ -253,7 +253,7 @@ async def test_tiny_model_matches_what_llama_server_reports(model: rocm_infer.Te
 def test_repr_is_short_and_informative(tiny_model_path: Path) -> None:
     text = repr(read_gguf_info(tiny_model_path))
     assert text.startswith("ModelInfo('rocm-infer-tiny-llama-seed0', arch=llama, params=")
-    assert "quant=F16" in text and "context=8192 (trained)" in text and "MiB" in text
+    assert "quant=F16" in text and "context=8192 (trained)" in text and "MiB" in text and "slots" not in text
     assert len(text) < 160
 
 

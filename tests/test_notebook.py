@@ -70,7 +70,7 @@ async def test_the_quickstart_notebook_runs_and_shows_what_it_says() -> None:
     stages = re.findall(r"^\s*\d+\.\d\ds  (\w+)", text_of(load), re.M)
     assert stages[0] == "starting" and stages[-1] == "ready", text_of(load)
     assert re.search(r"<TextModel llama .* pid=\d+ ready>", text_of(load))
-    assert "ModelInfo(" in text_of(info, "result") and "parallel_slots=2" in text_of(info, "result")
+    assert "ModelInfo(" in text_of(info, "result") and "slots=2" in text_of(info, "result")
     generated = text_of(stream).strip()
     assert generated and re.fullmatch(
         r"<TokenStream finish_reason='(length|stop)', \d+ tokens>", text_of(stream, "result")
