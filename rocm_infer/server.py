@@ -47,6 +47,8 @@ HOST = "127.0.0.1"
 # Lines llama-server prints when it is (nearly) ready: seeing one makes the
 # health check run at once instead of at the next poll.
 _READY_HINTS = (b"model loaded", b"listening on")
+# The line llama-server prints once it serves requests: its own ready moment (see listening_at).
+_LISTENING = b"listening on"
 # Longest wait, on stop, for slots to go idle before SIGTERM (see _wait_idle).
 _IDLE_BEFORE_STOP = 1.0
 # Longest line kept in the output tail; the rest of a longer line is dropped.
@@ -253,7 +255,10 @@ class LlamaServer:
     ``model_path``, when given, is what the server's ``/props`` must name
     (``model_path``) for the server that answers to count as ours; with or
     without it, ``/props`` must accept our API key. ``model_size`` (bytes)
-    lets progress report a fraction while the weights load.
+    lets progress report a fraction while the weights load. ``listening_at``
+    is the ``time.monotonic()`` at which the output drain read llama-server's
+    own "listening on" line (its ready moment; None before), so the time
+    start-up adds after it can be measured.
 
     When the process exits because its port was taken between our
     choosing it and its binding it, start() tries again on a fresh port (up to
@@ -302,6 +307,8 @@ class LlamaServer:
         self._api_key = secrets.token_urlsafe(32)
         self.port: int | None = None
         self.props: JSON | None = None  # /props, read when start-up checked the server is ours
+        # time.monotonic() when the output drain read llama-server's "listening on" line.
+        self.listening_at: float | None = None
         self._stopping = False
         self._stopped = False
         # Start-up progress, fed by _drain (output lines) and _wait_healthy (/proc).
@@ -546,6 +553,7 @@ class LlamaServer:
         self._drain_task = None
         self._tail.clear()
         self.props = None
+        self.listening_at = None
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -573,6 +581,9 @@ class LlamaServer:
                 line = raw[:_MAX_TAIL_LINE].rstrip(b"\r").decode("utf-8", "replace")
                 if len(raw) > _MAX_TAIL_LINE:
                     line += " [...]"
+                if self.listening_at is None and _LISTENING in raw:
+                    # Also after start-up: the health check can finish before this line is read.
+                    self.listening_at = time.monotonic()
                 if self._stage != "ready":
                     self._on_startup_line(raw, line)
                 self._tail.append(line)

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import aiohttp
@@ -410,6 +411,23 @@ async def test_ready_line_triggers_health_check_at_once(tmp_path: Path) -> None:
         assert server.running
     assert loop.time() - started < 10
     assert_all_runs_gone(tmp_path)
+
+
+async def test_listening_at_is_when_the_listening_line_was_read(tmp_path: Path) -> None:
+    line = "0.00.113.704 I srv  llama_server: listening on http://127.0.0.1:8080"
+    binary = make_fake(tmp_path, f"serve(ready_line={line!r})\n")
+    server = LlamaServer(binary, [], startup_timeout=30)
+    assert server.listening_at is None
+    began = time.monotonic()
+    async with server:
+        # Start-up may finish before the line is read (the drain reads it all the same).
+        while server.listening_at is None:
+            await asyncio.sleep(0.01)
+        assert began <= server.listening_at <= time.monotonic()
+    silent = LlamaServer(make_fake(tmp_path, HEALTHY, name="silent"), [], startup_timeout=30)
+    async with silent:
+        await asyncio.sleep(0.05)
+        assert silent.listening_at is None
 
 
 # -- port races ------------------------------------------------------------------------------------
