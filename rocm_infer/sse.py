@@ -102,27 +102,44 @@ class SSEDecoder:
             chunk = b"".join(self._held)
             self._held = []
             self._held_len = 0
-        # bytes.splitlines splits on exactly CR, LF and CRLF (unlike str.splitlines).
-        lines = chunk.splitlines(keepends=True)
-        if not lines:
-            return []
-        last = lines[-1]
-        if last[-1:] == b"\r":
-            self._skip_lf = True
-        elif last[-1:] != b"\n":
+        if b"\r" in chunk:
+            # bytes.splitlines splits on exactly CR, LF and CRLF (unlike str.splitlines).
+            lines = chunk.splitlines()
+            last = chunk[-1:]
+            if last == b"\r":
+                self._skip_lf = True
+            elif last != b"\n":
+                self._hold(lines.pop())
+        else:
+            # The common case (llama-server ends lines with LF): one split, and the piece
+            # after the last LF is the unfinished line (empty when the chunk ends in LF).
+            lines = chunk.split(b"\n")
             tail = lines.pop()
-            self._held = [tail]
-            self._held_len = len(tail)
-            if self._held_len > self._max_line:
-                self._overflow = True
+            if tail:
+                self._hold(tail)
         events: list[ServerSentEvent] = []
-        for raw in lines:
-            event = self._line(raw.rstrip(b"\r\n"))
-            if event is not None:
-                events.append(event)
+        data = self._data
+        for line in lines:
+            # The hot path: "data: {...}" lines and the blank lines that end events,
+            # handled here without a call per line; everything else goes to _line.
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+            elif line.startswith(b"data:"):
+                data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
+            else:
+                self._line(line)
         if self._overflow and not events:
             raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
         return events
+
+    def _hold(self, tail: bytes) -> None:
+        """Keep the unfinished last line of a chunk until its terminator arrives."""
+        self._held = [tail]
+        self._held_len = len(tail)
+        if self._held_len > self._max_line:
+            self._overflow = True
 
     def end(self) -> list[ServerSentEvent]:
         """Signal the end of the body. An unterminated last line is still a line,
@@ -137,7 +154,7 @@ class SSEDecoder:
             event = self._line(tail)
             if event is not None:
                 events.append(event)
-        self._data = []
+        self._data.clear()
         self._event = ""
         self._retry = None
         return events
@@ -182,7 +199,7 @@ class SSEDecoder:
             return None
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
         event = ServerSentEvent(data, self._event or "message", self.last_event_id, self._retry)
-        self._data = []
+        self._data.clear()  # in place: feed holds a reference to this list
         self._event = ""
         self._retry = None
         return event

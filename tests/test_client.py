@@ -657,8 +657,8 @@ async def test_in_band_context_error_event(fake: FakeServer, client: LlamaServer
 
 @pytest.mark.parametrize(
     "data",
-    [b"{not json", b"hello", b""],
-    ids=["broken", "word", "empty"],
+    [b"{not json", b"hello", b"", b'{"a": 1} x', b'{"a": 1}{"b": 2}', b"  {not json"],
+    ids=["broken", "word", "empty", "trailing garbage", "two objects", "padded and broken"],
 )
 async def test_event_that_is_not_json(fake: FakeServer, client: LlamaServerClient, data: bytes) -> None:
     fake.reply_stream([token(0), b"data: " + data + b"\n\n", STOP], then="hang")
@@ -668,6 +668,26 @@ async def test_event_that_is_not_json(fake: FakeServer, client: LlamaServerClien
     assert "not JSON" in str(info.value)
     assert len(got) == 1
     await fake.wait_disconnected()
+
+
+async def test_json_padded_with_whitespace_is_still_an_event(fake: FakeServer, client: LlamaServerClient) -> None:
+    # JSON allows whitespace around a value; the fast parse must fall back, not fail.
+    padded = [b'data:  {"content": "a", "tokens": [1], "stop": false}\t \n\n', b'data:\t{"content": "b"}\n\n', STOP]
+    got: list[dict[str, Any]] = []
+    fake.reply_stream(padded)
+    await collect(client.stream_completion({}), got)
+    assert [e.get("content") for e in got[:2]] == ["a", "b"]
+    assert got[-1]["stop"] is True
+
+
+async def test_iterating_then_read_batch_loses_no_event(fake: FakeServer, client: LlamaServerClient) -> None:
+    fake.reply_stream([token(0) + token(1) + token(2), STOP], delay=0.05)
+    async with client.stream_completion({}) as stream:
+        assert (await stream.__anext__())["content"] == "t0"
+        # The rest of that read comes first, then the next read.
+        assert [e["content"] for e in await stream.read_batch()] == ["t1", "t2"]
+        assert [e["stop"] for e in await stream.read_batch()] == [True]
+        assert await stream.read_batch() == []
 
 
 @pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])
