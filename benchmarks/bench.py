@@ -1,6 +1,7 @@
 """rocm_infer against its anchors: llama-server's own figures, AsyncOpenAI, httpx-sse, a plain aiohttp loop.
 
     python benchmarks/bench.py [--model MODEL.gguf] [--out DIR] [--smoke]
+    python benchmarks/bench.py --profile CLIENT SOURCE
 
 ``make bench`` runs it with ``--out docs``: it writes ``DIR/benchmarks.md`` (the
 machine, the llama-server build, one table of every figure with its anchor and
@@ -584,15 +585,17 @@ def import_seconds(module: str) -> float:
 
 
 async def memory(source_url: str, plan: Plan, results: Results) -> None:
+    # Each stream holds a socket here and one in the source: stay under the open-file limit.
+    held = min(plan.held_streams, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100)
+    if held < plan.held_streams:
+        results.notes.append(f"The open-file limit allowed {held} held streams, not {plan.held_streams}.")
     per_stream = {}
     for client in ("rocm_infer", "aiohttp"):
         # A fresh process each, so nothing freed earlier hides the growth.
-        per_stream[client] = float(
-            child(str(HERE / "bench.py"), "--held-streams", source_url, str(plan.held_streams), client)
-        )
+        per_stream[client] = float(child(str(HERE / "bench.py"), "--held-streams", source_url, str(held), client))
     results.add(
         "8. Memory",
-        f"RSS per open stream, {plan.held_streams} open, rocm_infer",
+        f"RSS per open stream, {held} open, rocm_infer",
         f"{per_stream['rocm_infer'] / 1024:.1f} KiB",
         f"aiohttp response {per_stream['aiohttp'] / 1024:.1f} KiB",
         f"{per_stream['rocm_infer'] / per_stream['aiohttp']:.2f}",
@@ -824,6 +827,27 @@ async def run(model_path: Path, plan: Plan, notes: list[str]) -> tuple[Results, 
     return results, time.monotonic() - began
 
 
+async def profile(model_path: Path, client: str, source: str, tokens: int) -> None:
+    """cProfile one client's streams (``source``: "synthetic" or "llama-server"), top functions by own time."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        async with llama_server(model_path, SLOTS * (tokens + 256), workdir / "llama-server.log") as url:
+            recording = await record(url, tokens)
+            async with sse_source(recording, workdir) as source_url:
+                async with Contenders(source_url if source == "synthetic" else url) as contenders:
+                    stream = contenders.stream(client)
+                    await stream(PROMPT, 16)
+                    profiler = cProfile.Profile()
+                    profiler.enable()
+                    for _ in range(3):
+                        await stream(PROMPT, tokens)
+                    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a GGUF model (default: the tiny demo model)")
@@ -831,11 +855,21 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the harness works")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's machine section")
+    parser.add_argument(
+        "--profile",
+        nargs=2,
+        metavar=("CLIENT", "SOURCE"),
+        help="instead: cProfile CLIENT (rocm_infer, openai, httpx-sse, aiohttp) on SOURCE (synthetic, llama-server)",
+    )
     parser.add_argument("--held-streams", nargs=3, metavar=("URL", "COUNT", "CLIENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.held_streams:  # the child process of measurement 8
         url, count, client = args.held_streams
         print(asyncio.run(held_streams(url, int(count), client)))
+        return
+    if args.profile:
+        client, source = args.profile
+        asyncio.run(profile(args.model or demo_model(), client, source, 4000 if source == "synthetic" else 512))
         return
     plan = SMOKE if args.smoke else Plan()
     if args.rounds:
