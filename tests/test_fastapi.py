@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from serve_in_process import serving
 from starlette.requests import Request
-from test_examples import run_benchmark
+from test_examples import run_script
 
 import rocm_infer
 from rocm_infer.integrations.fastapi import (
@@ -299,7 +299,8 @@ def test_without_fastapi_the_import_error_names_the_extra() -> None:
 @pytest.mark.usefixtures("no_leaked_servers")
 def test_the_disconnect_benchmark_runs(tiny_model_path: Path) -> None:
     # Figures are not checked here (timings belong to benchmark runs): only that the script still works.
-    assert "HTTP disconnect -> all slots idle, 1 rounds" in run_benchmark("http_disconnect_to_idle.py", tiny_model_path)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "http_disconnect_to_idle.py"
+    assert "HTTP disconnect -> all slots idle, 1 rounds" in run_script(script, str(tiny_model_path), "--rounds", "1")
 
 
 def test_module_all_names_exist() -> None:
