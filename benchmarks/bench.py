@@ -57,6 +57,7 @@ from contenders import Contenders, Run
 import rocm_infer
 from rocm_infer.backend import server_args
 from rocm_infer.server import free_port
+from rocm_infer.tiny_model import make_tiny_model
 
 HERE = Path(__file__).resolve().parent
 SLOTS = 4
@@ -78,6 +79,11 @@ class Plan:
     concurrency_tokens: int = 128
     batch_prompts: int = 16
     batch_tokens: int = 64
+    # A second model for measurement 7, whose decode cost is its weights (n_embd, n_layer, n_ff):
+    # about 540 MB of F16, where batching four sequences per decode step pays, as on a GPU.
+    weight_bound: tuple[int, int, int] = (2048, 4, 8192)
+    weight_bound_tokens: int = 16
+    weight_bound_rounds: int = 3
     startup_rounds: int = 5
     cancel_rounds: int = 10
     held_streams: int = 1000
@@ -93,6 +99,9 @@ SMOKE = Plan(
     concurrency_tokens=8,
     batch_prompts=16,
     batch_tokens=4,
+    weight_bound=(128, 2, 256),
+    weight_bound_tokens=2,
+    weight_bound_rounds=1,
     startup_rounds=1,
     cancel_rounds=1,
     held_streams=20,
@@ -530,6 +539,47 @@ async def batch(contenders: Contenders, plan: Plan, results: Results) -> None:
         )
 
 
+async def batch_weight_bound(plan: Plan, results: Results, workdir: Path) -> None:
+    """Measurement 7 again, on a model whose decode step costs what reading its weights costs.
+
+    On the tiny model a decode step is almost all per-sequence work (sampling a 4k vocabulary, the
+    HTTP event), so llama-server gains little from batching four slots (the aiohttp loop row shows
+    that bound). A model with wide layers and a small vocabulary makes each step's weight reads the
+    cost, shared by every sequence in the batch: what batching is for.
+    """
+    n_embd, n_layer, n_ff = plan.weight_bound
+    path = await asyncio.to_thread(
+        make_tiny_model, workdir / "weight-bound.gguf", n_embd=n_embd, n_layer=n_layer, n_head=n_embd // 64, n_ff=n_ff
+    )
+    prompts = [f"{PROMPT} {i}" for i in range(plan.batch_prompts)]
+    options = {"max_tokens": plan.weight_bound_tokens, "ignore_eos": True}
+    async with rocm_infer.load_model(path, parallel_slots=SLOTS, context_len=SLOTS * 256) as model:
+        await model.generate(PROMPT, max_tokens=2).collect()  # the weights are paged in
+
+        async def together() -> None:
+            await model.batch_generate(prompts, **options)
+
+        async def alone() -> None:
+            for prompt in prompts:
+                await model.generate(prompt, **options).collect()
+
+        times: dict[str, list[float]] = {"together": [], "alone": []}
+        for order in rotations(("together", "alone"), max(plan.weight_bound_rounds, 2)):
+            for way in order:
+                times[way].append(await timed(together if way == "together" else alone))
+    speedup = median(times["alone"]) / median(times["together"])
+    results.add(
+        "7. Batch",
+        f"batch_generate of {plan.batch_prompts} prompts on {SLOTS} slots, {plan.weight_bound_tokens} tokens each, "
+        f"weight-bound model (F16, n_embd {n_embd}, {n_layer} layers, n_ff {n_ff})",
+        f"{median(times['together']) * 1000:.0f} ms",
+        f"one at a time {median(times['alone']) * 1000:.0f} ms",
+        f"{speedup:.2f}x",
+        ">= 3x",
+        speedup >= 3,
+    )
+
+
 # -- 8: memory and import time ----------------------------------------------------------------------------
 
 
@@ -783,7 +833,11 @@ def report(results: Results, info: dict[str, str], plan: Plan, seconds: float, i
         "   More streams than slots queue in llama-server; the aiohttp loop shows what a minimal client gets.",
         "7. **Batch**: `batch_generate` / `classify` of the prompts at once (the SDK keeps one request per",
         "   slot in flight) versus awaiting them one at a time, as go-rocm does. The *aiohttp loop* row",
-        "   runs the plain loop four at a time: the speed-up llama-server itself allows any client.",
+        "   runs the plain loop four at a time: the speed-up llama-server itself allows any client. On the",
+        "   tiny model a decode step is mostly per-sequence work, so batching gains little; the",
+        "   *weight-bound model* row repeats `batch_generate` on a model made in the run whose decode step",
+        "   costs what reading its weights costs, shared by the whole batch (as on a GPU), with its own",
+        f"   server (the default threads) and {plan.weight_bound_rounds} rounds.",
         "8. **Memory**: resident memory growth per stream with that many streams open at once on the",
         "   synthetic source (each past its first token, in a fresh process), against the same number of",
         "   bare aiohttp responses; import time of a module in a fresh interpreter.",
@@ -818,6 +872,7 @@ async def run(model_path: Path, plan: Plan, notes: list[str]) -> tuple[Results, 
                         ("cpu per token", lambda: cpu_per_token(source_url, plan, results)),
                         ("memory", lambda: memory(source_url, plan, results)),
                         ("start-up", lambda: startup(model_path, plan, results)),
+                        ("batch, weight-bound model", lambda: batch_weight_bound(plan, results, workdir)),
                     ]
                     for name, step in steps:
                         step_began = time.monotonic()

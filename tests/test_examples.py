@@ -80,6 +80,11 @@ def test_benchmark_harness_reports_every_measurement(tiny_model_path: Path, tmp_
         ("7. Batch", "batch_generate of 16 prompts on 4 slots, 4 tokens each"),
         ("7. Batch", "aiohttp loop of 16 prompts on 4 slots, 4 tokens each (llama-server's bound)"),
         ("7. Batch", "classify of 16 prompts on 4 slots"),
+        (
+            "7. Batch",
+            "batch_generate of 16 prompts on 4 slots, 2 tokens each, "
+            "weight-bound model (F16, n_embd 128, 2 layers, n_ff 256)",
+        ),
         ("8. Memory", "RSS per open stream, 20 open, rocm_infer"),
         ("8. Memory", "import rocm_infer"),
     ]
@@ -89,7 +94,7 @@ def test_benchmark_harness_reports_every_measurement(tiny_model_path: Path, tmp_
     synthetic = [what for measurement, what in rows if what.endswith("tok/s)") and measurement.startswith("2.")]
     assert sorted(what.split(" ")[0] for what in synthetic) == sorted(("rocm_infer", "openai", "httpx-sse", "aiohttp"))
     goals = [cells for cells in rows.values() if cells[3]]  # rows with a goal say whether it was met
-    assert len(goals) == 2 * 2 + 4  # throughput (2 per length), CPU, start-up, cancel, batch
+    assert len(goals) == 2 * 2 + 5  # throughput (2 per length), CPU, start-up, cancel, batch (2 models)
     assert all(cells[4] in ("yes", "**no**") for cells in goals)
     for name in ("throughput", "cpu_per_token", "concurrency"):
         assert (tmp_path / "img" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
