@@ -521,22 +521,40 @@ async def batch(contenders: Contenders, plan: Plan, results: Results) -> None:
         "classify": (classified, classified_one_by_one),
     }
     for what, (together, alone) in pairs.items():
-        times: dict[str, list[float]] = {"together": [], "alone": []}
-        for order in rotations(("together", "alone"), max(plan.rounds, 2)):
-            for way in order:
-                times[way].append(await timed(together if way == "together" else alone))
-        speedup = median(times["alone"]) / median(times["together"])
-        results.add(
-            "7. Batch",
+        add_speedup(
+            results,
             f"{what} of {plan.batch_prompts} prompts on {SLOTS} slots"
             + (f", {plan.batch_tokens} tokens each" if what != "classify" else "")
             + (" (llama-server's bound)" if what == "aiohttp loop" else ""),
-            f"{median(times['together']) * 1000:.0f} ms",
-            f"one at a time {median(times['alone']) * 1000:.0f} ms",
-            f"{speedup:.2f}x",
-            ">= 3x" if what == "batch_generate" else "",
-            speedup >= 3 if what == "batch_generate" else None,
+            await together_and_alone(together, alone, plan.rounds),
+            goal=what == "batch_generate",
         )
+
+
+async def together_and_alone(
+    together: Callable[[], Awaitable[None]], alone: Callable[[], Awaitable[None]], rounds: int
+) -> tuple[float, float]:
+    """Median seconds of ``together`` and of ``alone``, alternated over ``rounds`` (at least 2)."""
+    times: dict[str, list[float]] = {"together": [], "alone": []}
+    for order in rotations(("together", "alone"), max(rounds, 2)):
+        for way in order:
+            times[way].append(await timed(together if way == "together" else alone))
+    return median(times["together"]), median(times["alone"])
+
+
+def add_speedup(results: Results, what: str, seconds: tuple[float, float], *, goal: bool) -> None:
+    """A measurement-7 row: the two timings and the speed-up, against the 3x goal when ``goal``."""
+    together, alone = seconds
+    speedup = alone / together
+    results.add(
+        "7. Batch",
+        what,
+        f"{together * 1000:.0f} ms",
+        f"one at a time {alone * 1000:.0f} ms",
+        f"{speedup:.2f}x",
+        ">= 3x" if goal else "",
+        speedup >= 3 if goal else None,
+    )
 
 
 async def batch_weight_bound(plan: Plan, results: Results, workdir: Path) -> None:
@@ -563,20 +581,13 @@ async def batch_weight_bound(plan: Plan, results: Results, workdir: Path) -> Non
             for prompt in prompts:
                 await model.generate(prompt, **options).collect()
 
-        times: dict[str, list[float]] = {"together": [], "alone": []}
-        for order in rotations(("together", "alone"), max(plan.weight_bound_rounds, 2)):
-            for way in order:
-                times[way].append(await timed(together if way == "together" else alone))
-    speedup = median(times["alone"]) / median(times["together"])
-    results.add(
-        "7. Batch",
+        seconds = await together_and_alone(together, alone, plan.weight_bound_rounds)
+    add_speedup(
+        results,
         f"batch_generate of {plan.batch_prompts} prompts on {SLOTS} slots, {plan.weight_bound_tokens} tokens each, "
         f"weight-bound model (F16, n_embd {n_embd}, {n_layer} layers, n_ff {n_ff})",
-        f"{median(times['together']) * 1000:.0f} ms",
-        f"one at a time {median(times['alone']) * 1000:.0f} ms",
-        f"{speedup:.2f}x",
-        ">= 3x",
-        speedup >= 3,
+        seconds,
+        goal=True,
     )
 
 
