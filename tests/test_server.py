@@ -800,7 +800,8 @@ async def test_a_strangers_server_on_our_port_is_never_taken_for_ours(
         monkeypatch.setattr(server_module, "free_port", lambda host=HOST: site.port)
         # Our process never binds (as when it lost the port race and is slow to exit).
         binary = make_fake(tmp_path, "time.sleep(3600)\n")
-        server = LlamaServer(binary, [], startup_timeout=1, stop_timeout=2, model_path="/ours.gguf")
+        # A stall timeout of 2 s: a loaded machine may take most of a second to start the fake.
+        server = LlamaServer(binary, [], startup_timeout=2, stop_timeout=2, model_path="/ours.gguf")
         with pytest.raises(ServerStartError) as excinfo:
             await server.start()
     finally:
