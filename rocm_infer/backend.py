@@ -184,7 +184,14 @@ class LlamaCppBackend:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
+    def supported(self) -> bool:
+        """True if this machine can run this backend, given a llama-server binary: any can."""
+        return True
+
     def available(self) -> bool:
+        """True if this machine can run this backend and a llama-server binary is found."""
+        if not self.supported():
+            return False
         try:
             find_llama_server()
         except BinaryNotFoundError:
@@ -266,8 +273,20 @@ class RocmBackend(LlamaCppBackend):
     def __init__(self, sysfs: str = SYSFS) -> None:
         self.sysfs = sysfs
 
-    def available(self) -> bool:
-        return os.path.exists("/dev/kfd") and super().available()
+    def supported(self) -> bool:
+        """True where the ROCm kernel driver is reachable (``/dev/kfd`` exists)."""
+        return os.path.exists("/dev/kfd")
+
+    async def load_model(
+        self, path: str, config: LoadConfig, *, on_progress: Callable[[LoadProgress], object] | None = None
+    ) -> TextModel:
+        if not self.supported():
+            # Chosen by name: do as asked, but say why no GPU will be used.
+            logger.warning(
+                "the rocm backend was chosen but /dev/kfd does not exist (no ROCm driver, or no access to it): "
+                "llama-server will find no AMD GPU"
+            )
+        return await super().load_model(path, config, on_progress=on_progress)
 
     def device(self, config: LoadConfig) -> GpuInfo | None:
         return choose_device(config.devices, gpus(self.sysfs))
@@ -310,11 +329,22 @@ def list_backends() -> list[str]:
     return list(_registry)
 
 
-def default_backend() -> Backend:
-    """The first available backend (rocm, then llama_cpp, then any registered later)."""
+def default_backend(server_path: str | None = None) -> Backend:
+    """The first available backend (rocm, then llama_cpp, then any registered later).
+
+    ``server_path`` is a llama-server binary the caller names
+    (``LoadConfig.server_path``): with it, the built-in backends need none of
+    their own to be found. Raises :class:`~rocm_infer.errors.BinaryNotFoundError`
+    when no backend is available; a ``$ROCM_LLAMA_SERVER_PATH`` that names no
+    executable is reported as such, not as "none found".
+    """
     for backend in _registry.values():
-        if backend.available():
+        if server_path is not None and isinstance(backend, LlamaCppBackend):
+            if backend.supported():
+                return backend
+        elif backend.available():
             return backend
+    find_llama_server()  # raises the precise error: an explicit path that is wrong, or none found
     raise BinaryNotFoundError(f"no backend is available: no llama-server binary found. {_HOW_TO_GET_ONE}")
 
 
@@ -339,7 +369,8 @@ def load_model(
     with the fraction of the weights read where it can be known. It runs in
     the event loop (it must not block); an exception it raises fails the load
     and stops the server. ``backend`` is a
-    registered name, a Backend, or None for :func:`default_backend`.
+    registered name (another name is a ValueError), a Backend, or None for
+    :func:`default_backend`.
 
     Use ``model = await load_model(...)`` (then ``await model.close()``) or
     ``async with load_model(...) as model:``. Bad arguments raise at once;
@@ -348,14 +379,20 @@ def load_model(
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
     cfg = LoadConfig.build(config, **load_options)
-    chosen = get_backend(backend) if isinstance(backend, str) else backend
+    if isinstance(backend, str):
+        try:
+            chosen: Backend | None = get_backend(backend)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None  # a bad argument, like any other
+    else:
+        chosen = backend
     if chosen is not None and not isinstance(chosen, Backend):
         raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
 
     async def load() -> TextModel:
-        selected = chosen if chosen is not None else default_backend()
+        selected = chosen if chosen is not None else default_backend(cfg.server_path)
         if on_progress is None:
             return await selected.load_model(os.fspath(path), cfg)
         return await selected.load_model(os.fspath(path), cfg, on_progress=on_progress)

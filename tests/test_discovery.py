@@ -10,7 +10,7 @@ import gguf
 import pytest
 from test_gguf_info import write_model
 
-from rocm_infer import ModelList, ModelNotFoundError, discover_models, read_gguf_info
+from rocm_infer import LoadConfig, ModelList, ModelNotFoundError, discover_models, read_gguf_info
 
 QT = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -73,3 +73,15 @@ def test_missing_folder_or_a_file(tmp_path: Path, tiny_model_path: Path) -> None
         discover_models(tmp_path / "nope")
     with pytest.raises(ModelNotFoundError, match="not a directory"):
         discover_models(tiny_model_path)
+
+
+def test_a_leading_tilde_is_the_home_as_in_a_shell(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copyfile(tiny_model_path, tmp_path / "mine.gguf")
+    assert read_gguf_info("~/mine.gguf").path == str(tmp_path / "mine.gguf")
+    assert [info.path for info in discover_models("~")] == [str(tmp_path / "mine.gguf")]
+    config = LoadConfig(server_path="~/bin/llama-server", adapter_path="~/lora.gguf")
+    assert config.server_path == str(tmp_path / "bin" / "llama-server")
+    assert config.adapter_path == str(tmp_path / "lora.gguf")
