@@ -826,6 +826,18 @@ class ModelContext(Coroutine[Any, Any, TextModel]):
         self._used = False
         self._model: TextModel | None = None
 
+    def __repr__(self) -> str:
+        state = "entered" if self._model is not None else "awaited" if self._used else "not awaited yet"
+        return f"<ModelContext {state}: `await` it for the model, or use `async with`>"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names this object lacks: most often a TextModel method called on a
+        # load_model(...) that was never awaited. (An AttributeError, so getattr() defaults work.)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}: it stands for a model not loaded yet; "
+            "use `model = await rocm_infer.load_model(...)` or `async with rocm_infer.load_model(...) as model:`"
+        )
+
     def __await__(self) -> Generator[Any, None, TextModel]:
         self._used = True
         return self._coro.__await__()

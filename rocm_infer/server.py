@@ -610,6 +610,10 @@ class LlamaServer:
             _untrack(self._process.pid)
         if self._stopping:
             return
+        if self._stage != "ready":
+            # start() reports it, with the exit code and output, as a ServerStartError.
+            logger.info("llama-server pid %s exited during start-up with code %s", self.pid, task.result())
+            return
         logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
 
     # -- stop ------------------------------------------------------------------------------------
@@ -676,7 +680,7 @@ class LlamaServer:
         if process is None or self._stopped or process.returncode is not None or process.pid not in _running:
             return  # (untracked: reaped already, by the exit hook or the loop; the pid may be reused)
         self._stopping = True  # this exit is expected: _on_exit must not warn about it
-        logger.warning("stopping llama-server pid %d without the event loop: it was not stopped", process.pid)
+        logger.warning("a model was dropped without close(): stopping its llama-server pid %d", process.pid)
         _stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
         try:
             loop = asyncio.get_running_loop()

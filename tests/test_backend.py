@@ -773,3 +773,12 @@ async def test_cancelled_load_leaves_no_server(
     else:  # the load won the race: close what it made
         await model.close()
     assert llama_server_pids(server_binary) <= before
+
+
+def test_a_forgotten_await_says_what_to_do(tiny_model_path: Path, no_spawn: None) -> None:
+    context = rocm_infer.load_model(tiny_model_path)
+    assert repr(context) == "<ModelContext not awaited yet: `await` it for the model, or use `async with`>"
+    with pytest.raises(AttributeError, match=r"'generate'.*model = await rocm_infer.load_model"):
+        context.generate("hello")  # type: ignore[attr-defined]
+    assert getattr(context, "generate", None) is None  # still an AttributeError, so defaults work
+    context.close()

@@ -105,7 +105,7 @@ async def test_a_model_dropped_in_a_kernel_warns_and_its_server_is_stopped(
     again = await run(kernel, "model = await rocm_infer.load_model(path)\nprint(model.server.pid)")
     assert first not in llama_server_pids(server_binary)
     # Loud, even with Python's default filters (which hide ResourceWarning): the log line reaches stderr.
-    assert f"stopping llama-server pid {first} without the event loop" in text_of(again, "stderr")
+    assert f"a model was dropped without close(): stopping its llama-server pid {first}" in text_of(again, "stderr")
     await run(kernel, "await model.close()")
 
 

@@ -285,7 +285,7 @@ async def test_start_twice_is_an_error(server_binary: str, real_args: list[str],
 # -- start-up failures (fake binaries) -------------------------------------------------------------
 
 
-async def test_exits_at_once(tmp_path: Path) -> None:
+async def test_exits_at_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     binary = make_fake(
         tmp_path,
         """
@@ -312,6 +312,8 @@ async def test_exits_at_once(tmp_path: Path) -> None:
     assert not server.running
     assert_all_runs_gone(tmp_path)
     assert_gone(server.pid)
+    # The error says it all: no warning of an "unexpected" exit on the side (a script would print it).
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_binary_that_cannot_run(tmp_path: Path) -> None:

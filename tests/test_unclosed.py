@@ -37,7 +37,7 @@ async def test_a_dropped_model_warns_and_its_server_is_stopped(
             await asyncio.sleep(0.01)
     assert server.returncode is not None
     messages = [r.getMessage() for r in caplog.records]
-    assert f"stopping llama-server pid {pid} without the event loop: it was not stopped" in messages
+    assert f"a model was dropped without close(): stopping its llama-server pid {pid}" in messages
     assert not any("exited unexpectedly" in m for m in messages), messages
 
 
@@ -65,4 +65,4 @@ def test_a_model_still_open_at_exit_is_stopped_by_the_exit_hook(tiny_model_path:
     pid = int(result.stdout.split()[0])
     assert pid not in llama_server_pids(server_binary)
     assert f"stopping llama-server pid(s) [{pid}] at exit: a model was not closed" in result.stderr
-    assert "without the event loop" not in result.stderr  # reaped at exit: its pid is not signalled again
+    assert "dropped without close()" not in result.stderr  # reaped at exit: its pid is not signalled again
