@@ -18,7 +18,8 @@ working::
     │   └── ContextLengthError       the prompt does not fit the context window
     ├── ProtocolError                the response broke the SSE/JSON protocol
     ├── TimeoutError                 (also builtins.TimeoutError) a deadline passed
-    └── ModelClosedError             the model was used after close()
+    ├── ModelClosedError             the model was used after close()
+    └── EventLoopError               (also RuntimeError) the model was used from another event loop
 
 Errors carry their context as attributes (``returncode``, ``output_tail``,
 ``status``, ``url`` …) as well as in the message. No exception message or
@@ -34,6 +35,7 @@ __all__ = [
     "BinaryNotFoundError",
     "ConnectionError",
     "ContextLengthError",
+    "EventLoopError",
     "InsufficientVRAMError",
     "InvalidModelError",
     "ModelClosedError",
@@ -226,3 +228,13 @@ class TimeoutError(RocmInferError, builtins.TimeoutError):
 
 class ModelClosedError(RocmInferError):
     """The model (or its server) was used after ``close()``."""
+
+
+class EventLoopError(RocmInferError, builtins.RuntimeError):
+    """The model was used from an event loop other than the one it was loaded in.
+
+    Its HTTP session and process watcher belong to that loop. Load, use and
+    close a model in one loop: one ``asyncio.run()`` for all of it (in a
+    notebook, the kernel's loop). ``close()`` from another loop still stops
+    the llama-server process.
+    """

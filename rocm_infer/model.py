@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -33,6 +34,7 @@ from .client import JSON, EventStream, LlamaServerClient
 from .config import GenerateConfig, RestartPolicy
 from .errors import (
     ConnectionError,
+    EventLoopError,
     ModelClosedError,
     ProtocolError,
     RocmInferError,
@@ -249,6 +251,11 @@ class TokenStream:
         self._buffer = []
         self._pos = 0
         if not self._started:
+            try:
+                self._model._check_loop()  # a stream made outside any loop, run in the wrong one
+            except EventLoopError as exc:
+                self._finish("error", exc)
+                raise
             self._started = time.perf_counter()
         while not self._buffer and self.finish_reason is None:
             try:
@@ -460,6 +467,11 @@ class TextModel:
         vram: VramMonitor | None = None,
     ) -> None:
         self._client = client
+        try:
+            # The loop its HTTP session and process watcher belong to.
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         self._vram = vram
         self._server = server
         self._restart_policy = restart if server is not None else None
@@ -503,10 +515,28 @@ class TextModel:
     def closed(self) -> bool:
         return self._closed
 
+    def _in_another_loop(self) -> bool:
+        """True when called from a running event loop that is not the model's own."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return False  # not in a loop now (a stream made here runs later: checked then)
+        return self._loop is not None and running is not self._loop
+
+    def _check_loop(self) -> None:
+        if self._in_another_loop():
+            assert self._loop is not None
+            state = "is closed" if self._loop.is_closed() else "is another one"
+            raise EventLoopError(
+                f"this model was loaded in another event loop, which {state}: load, use and close a model "
+                "in one loop (one asyncio.run() for all of it)"
+            )
+
     def _check_usable(self) -> bool:
         """Raise if the model cannot be used; True if its server died and may be started again."""
         if self._closed:
             raise ModelClosedError("the model is closed")
+        self._check_loop()
         if self._dead is None and self._server is not None and self._server.returncode is not None:
             self._dead = self._exited_error()
             self.err = self._dead
@@ -765,12 +795,25 @@ class TextModel:
 
         Streams still open are closed first; their readers get
         :class:`~rocm_infer.errors.ModelClosedError`. Idempotent; completes
-        even if the calling task is cancelled."""
+        even if the calling task is cancelled. Called from an event loop other
+        than the one the model was loaded in, it stops the process
+        synchronously (SIGTERM, then SIGKILL after a second) and leaves the
+        HTTP session, which belongs to that loop, alone."""
         if self._closed:
             return
         self._closed = True
         for stream in list(self._streams):
             stream._abort(ModelClosedError("the model was closed while this stream was open"))
+        if self._in_another_loop():
+            # Its HTTP session belongs to the loop it was loaded in, which is closed or not
+            # ours to use: stop the process without it (signals, a bounded wait).
+            if self._server is not None:
+                self._server.stop_now("a model was closed from another event loop")
+            # With no connection open, closing the session needs no loop at all; with one
+            # open, the old loop would be needed (RuntimeError), and the session is left.
+            with contextlib.suppress(RuntimeError):
+                await self._client.aclose()
+            return
         if self._server is not None:
             await self._server.stop()  # also closes the server's client, which is ours
         else:

@@ -667,21 +667,23 @@ class LlamaServer:
                     return
                 await asyncio.sleep(0.005)
 
-    def stop_now(self) -> None:
+    def stop_now(self, why: str = "a model was dropped without close()") -> None:
         """Stop the process synchronously: SIGTERM, up to a second, then SIGKILL.
 
         For where nothing can be awaited: a finalizer (a
         :class:`~rocm_infer.model.TextModel` dropped without being closed).
         Called in a running event loop, it also schedules :meth:`stop` there
         to reap the process and close the HTTP client; elsewhere the client
-        is left as it is. Use ``await stop()`` wherever you can.
+        is left as it is. ``why`` starts the warning it logs. Use ``await
+        stop()`` wherever you can.
         """
         process = self._process
         if process is None or self._stopped or process.returncode is not None or process.pid not in _running:
             return  # (untracked: reaped already, by the exit hook or the loop; the pid may be reused)
         self._stopping = True  # this exit is expected: _on_exit must not warn about it
-        logger.warning("a model was dropped without close(): stopping its llama-server pid %d", process.pid)
+        logger.warning("%s: stopping its llama-server pid %d", why, process.pid)
         _stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
+        _untrack(process.pid)  # gone: the exit hook must never signal this pid (it may be reused)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

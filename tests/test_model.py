@@ -508,3 +508,43 @@ async def test_held_text_that_was_a_stop_string_stays_out(model: TextModel) -> N
     assert stream.finish_reason == "stop"
     assert stream.text == reference[: reference.index(stop)]
     assert "".join(t.text for t in tokens) == stream.text
+
+
+_TWO_LOOPS = """
+import asyncio, sys
+import rocm_infer
+
+model = asyncio.run(rocm_infer.load_model(sys.argv[1]))  # loaded in a loop that then closes
+print(model.server.pid, flush=True)
+
+async def use():
+    await model.generate("hello", max_tokens=2).collect()
+
+try:
+    asyncio.run(use())
+except rocm_infer.EventLoopError as exc:
+    print("EventLoopError:", exc, flush=True)
+asyncio.run(model.close())  # still stops the process
+print("closed", model.closed, flush=True)
+"""
+
+
+def test_a_model_used_from_another_loop_says_so_and_close_still_stops_it(
+    tiny_model_path: Path, server_binary: str
+) -> None:
+    before = llama_server_pids(server_binary)
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_LOOPS, str(tiny_model_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    pid = int(lines[0])
+    assert lines[1].startswith("EventLoopError: this model was loaded in another event loop, which is closed")
+    assert lines[2] == "closed True"
+    assert pid not in llama_server_pids(server_binary) and llama_server_pids(server_binary) <= before
+    assert "a model was closed from another event loop: stopping its llama-server pid" in result.stderr
+    assert "at exit" not in result.stderr and "Unclosed client session" not in result.stderr
