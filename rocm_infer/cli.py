@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rocm_infer
+from rocm_infer.server import _strip_log_prefix
 from rocm_infer.types import format_bytes
 
 __all__ = ["main"]
@@ -51,13 +52,33 @@ def _cache_dir() -> Path:
 
 def _one_line(exc: BaseException) -> str:
     """An error as one line: its message's first line (the rest is for --debug),
-    and for a llama-server failure the last line it printed."""
+    and for a llama-server failure the most telling line it printed."""
     text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    if isinstance(exc, rocm_infer.ServerError):
-        said = [line.strip() for line in exc.output_tail.splitlines() if line.strip()]
-        if said:
-            text += f"; it said: {said[-1]}"
+    if isinstance(exc, rocm_infer.ServerError) and (said := _telling_line(exc.output_tail)):
+        text += f"; it said: {said}"
     return text
+
+
+def _telling_line(output: str) -> str:
+    """The line of llama-server's output that names the cause, without its timestamp and level:
+    the first error-level line (``0.00.007.523 E llama_model_load: ...``), else the first that
+    says "error" or "failed", else the last. Its last lines only say that it is exiting."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for wanted in (_is_error_level, _mentions_error):
+        for line in lines:
+            if wanted(line):
+                return _strip_log_prefix(line)
+    return _strip_log_prefix(lines[-1]) if lines else ""
+
+
+def _is_error_level(line: str) -> bool:
+    parts = line.split(None, 2)
+    return len(parts) == 3 and parts[0][:1].isdigit() and parts[1] == "E"
+
+
+def _mentions_error(line: str) -> bool:
+    lowered = line.lower()
+    return "error" in lowered or "failed" in lowered
 
 
 def _params(info: rocm_infer.ModelInfo) -> str:

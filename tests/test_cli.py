@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import numpy as np
 import pytest
 from test_gguf_info import write_model
 
@@ -256,7 +257,24 @@ def test_server_that_fails_to_start_is_one_line(tmp_path: Path, tiny_model_path:
     fake.write_text("#!/bin/sh\necho 'error: this build is broken' >&2\nexit 3\n")
     fake.chmod(0o755)
     result = run_cli("run", str(tiny_model_path), "hi", "--server-path", str(fake))
-    assert_one_line_error(result, "exited", "3")
+    assert_one_line_error(result, "exited", "3", "it said: error: this build is broken")
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_a_model_llama_server_cannot_load_names_the_cause(tmp_path: Path, tiny_model_path: Path) -> None:
+    # The tiny model with general.architecture renamed in place: the header still reads, llama-server
+    # refuses it, and its last lines only say that it is exiting.
+    bad = tmp_path / "bad.gguf"
+    shutil.copy(tiny_model_path, bad)
+    reader = gguf.GGUFReader(bad, "r+")
+    field = reader.fields["general.architecture"]
+    field.parts[field.data[0]][:] = np.frombuffer(b"llamb", dtype=np.uint8)
+    del reader  # flushes the memory map
+    result = run_cli("run", str(bad), "hi")
+    assert_one_line_error(result, "exited during start-up", "it said: ")
+    said = result.stderr.split("it said: ", 1)[1]
+    assert said.startswith("error loading model: unknown model architecture: 'llamb'"), said
+    assert "exiting due to" not in said
 
 
 # --------------------------------------------------------------------------- models / info / doctor / demo
