@@ -539,15 +539,21 @@ def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int = 256) -> 
     g.add_argument("--ignore-eos", action="store_true", help="generate past end-of-sequence")
 
 
+_DEBUG_HELP = "tracebacks and debug logging on errors"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rocm-infer", description="Run GGUF models through llama.cpp's llama-server, on ROCm or the CPU."
     )
     parser.add_argument("--version", action="version", version=f"rocm-infer {rocm_infer.__version__}")
-    parser.add_argument("--debug", action="store_true", help="tracebacks and debug logging on errors")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="stream a completion or a chat reply from a model")
+    run = sub.add_parser("run", parents=[common], help="stream a completion or a chat reply from a model")
     run.add_argument("model", help="a GGUF model file")
     run.add_argument("prompt", nargs="?", help="the prompt (with -i: the first message)")
     run.add_argument("--chat", action="store_true", help="a chat turn (the model's chat template)")
@@ -558,21 +564,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_options(run)
     run.set_defaults(func=_cmd_run)
 
-    models = sub.add_parser("models", help="list the GGUF models in a folder")
+    models = sub.add_parser("models", parents=[common], help="list the GGUF models in a folder")
     models.add_argument("directory")
     models.add_argument("-r", "--recursive", action="store_true", help="look in subfolders too")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_cmd_models)
 
-    info = sub.add_parser("info", help="what a GGUF file says about its model")
+    info = sub.add_parser("info", parents=[common], help="what a GGUF file says about its model")
     info.add_argument("model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_info)
 
-    doctor = sub.add_parser("doctor", help="check llama-server, ROCm, the GPUs and their VRAM")
+    doctor = sub.add_parser("doctor", parents=[common], help="check llama-server, ROCm, the GPUs and their VRAM")
     doctor.set_defaults(func=_cmd_doctor)
 
-    demo = sub.add_parser("demo", help="stream from the tiny demo model (made on first use)")
+    demo = sub.add_parser("demo", parents=[common], help="stream from the tiny demo model (made on first use)")
     demo.add_argument("--cache-dir", help="where the demo model is kept (default: ~/.cache/rocm_infer/demo)")
     _add_load_options(demo)
     _add_sampling_options(demo, max_tokens=DEMO_TOKENS)

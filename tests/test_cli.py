@@ -231,8 +231,13 @@ def test_progress_indicator_on_a_terminal(tiny_model_path: Path) -> None:
 def test_missing_model_is_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.gguf")
     assert_one_line_error(run_cli("run", missing, "hi"), "model file not found", "nope.gguf")
-    debug = run_cli("--debug", "run", missing, "hi")
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ModelNotFoundError" in debug.stderr
+    # --debug, as the error line suggests, before the subcommand or after it, on every subcommand.
+    for args in (("--debug", "run", missing, "hi"), ("run", missing, "hi", "--debug"), ("info", "--debug", missing)):
+        debug = run_cli(*args)
+        assert debug.returncode == 1 and "Traceback" in debug.stderr and "ModelNotFoundError" in debug.stderr, args
+        assert "(--debug for details)" not in debug.stderr
+    debug = run_cli("models", str(tmp_path / "none"), "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
