@@ -518,7 +518,7 @@ class _SetupError(Exception):
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loading")
-    g.add_argument("--backend", help="rocm or llama_cpp (default: the first available)")
+    g.add_argument("--backend", choices=rocm_infer.list_backends(), help="default: the first available")
     g.add_argument("--context-len", type=int, default=0, help="context window (default: min(model's, 4096))")
     g.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (default: llama-server's)")

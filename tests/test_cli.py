@@ -247,10 +247,12 @@ def test_error_paths(tmp_path: Path, tiny_model_path: Path) -> None:
     model = str(tiny_model_path)
     assert_one_line_error(run_cli("run", str(not_gguf), "hi"), "not a GGUF file", "ZIP archive")
     assert_one_line_error(run_cli("run", model, "hi", "--temperature", "-1"), "temperature must be >= 0")
-    assert_one_line_error(run_cli("run", model, "hi", "--backend", "nope"), "no backend named 'nope'")
     assert_one_line_error(run_cli("run", model, "hi", "--server-path", str(tmp_path)), "not a file")
     assert_one_line_error(run_cli("models", str(tmp_path / "none")), "model directory not found")
     assert_one_line_error(run_cli("info", str(not_gguf)), "not a GGUF file")
+    bad_backend = run_cli("run", model, "hi", "--backend", "nope")
+    assert bad_backend.returncode == 2 and bad_backend.stderr.startswith("usage: rocm-infer run "), bad_backend
+    assert "argument --backend: invalid choice: 'nope' (choose from 'rocm', 'llama_cpp')" in bad_backend.stderr
     usage = run_cli("run", model)
     assert usage.returncode == 2 and "needs a PROMPT" in usage.stderr
     assert run_cli("frobnicate").returncode == 2
