@@ -516,6 +516,20 @@ class _SetupError(Exception):
     """Something the user must install first (exit status 1, one line)."""
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that reports arguments it does not know itself, under its own usage
+    line: argparse hands them back to the top-level parser, whose usage shows none of the
+    subcommand's options."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("loading")
     g.add_argument("--backend", choices=rocm_infer.list_backends(), help="default: the first available")
@@ -549,9 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rocm-infer {rocm_infer.__version__}")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _SubcommandParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubcommandParser)
 
     run = sub.add_parser("run", parents=[common], help="stream a completion or a chat reply from a model")
     run.add_argument("model", help="a GGUF model file")
@@ -583,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_options(demo)
     _add_sampling_options(demo, max_tokens=DEMO_TOKENS)
     demo.set_defaults(func=_cmd_demo)
+    for subcommand in (run, models, info, doctor, demo):
+        subcommand.set_defaults(parser=subcommand)  # usage errors found later name the subcommand
     return parser
 
 
@@ -605,7 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _UsageError as exc:
-        parser.error(str(exc))  # exits with 2
+        subcommand: argparse.ArgumentParser = args.parser
+        subcommand.error(str(exc))  # exits with 2, under the subcommand's usage line
     except (rocm_infer.RocmInferError, _SetupError, OSError, ValueError, TypeError, KeyError) as exc:
         if args.debug:
             traceback.print_exc()

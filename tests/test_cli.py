@@ -253,9 +253,25 @@ def test_error_paths(tmp_path: Path, tiny_model_path: Path) -> None:
     bad_backend = run_cli("run", model, "hi", "--backend", "nope")
     assert bad_backend.returncode == 2 and bad_backend.stderr.startswith("usage: rocm-infer run "), bad_backend
     assert "argument --backend: invalid choice: 'nope' (choose from 'rocm', 'llama_cpp')" in bad_backend.stderr
-    usage = run_cli("run", model)
-    assert usage.returncode == 2 and "needs a PROMPT" in usage.stderr
     assert run_cli("frobnicate").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "{model}", "hi", "--temprature", "3"), "unrecognized arguments: --temprature 3"),
+        (("run", "{model}"), "run needs a PROMPT"),
+        (("run", "{model}", "hi", "extra"), "unrecognized arguments: extra"),
+        (("info", "{model}", "--jsn"), "unrecognized arguments: --jsn"),
+        (("demo", "-n", "many"), "argument -n/--max-tokens: invalid int value: 'many'"),
+    ],
+)
+def test_usage_errors_show_the_subcommands_usage(args: tuple[str, ...], message: str, tiny_model_path: Path) -> None:
+    result = run_cli(*(arg.format(model=tiny_model_path) for arg in args))
+    assert result.returncode == 2, result
+    command = args[0]
+    assert result.stderr.startswith(f"usage: rocm-infer {command} [-h] [--debug]"), result.stderr
+    assert f"rocm-infer {command}: error: {message}" in result.stderr
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
