@@ -1,6 +1,6 @@
 """The ``rocm-infer`` command line, built on rocm_infer's public API (stdlib only).
 
-    rocm-infer run MODEL "prompt"     stream a completion (--chat: a chat turn; -i: a chat loop)
+    rocm-infer run MODEL "prompt"     stream a completion (--chat or --system: a chat turn; -i: a chat loop)
     rocm-infer models DIR             a table of the GGUF models in a folder
     rocm-infer info MODEL             everything the GGUF header says about a model
     rocm-infer doctor                 the llama-server binary, ROCm, GPUs and VRAM; what to fix
@@ -243,7 +243,7 @@ async def _run_model(args: argparse.Namespace, model_path: str, prompt: str | No
                 await _interactive(model, args, prompt)
                 return 0
             assert prompt is not None
-            if args.chat:
+            if args.chat or args.system is not None:  # a system message only means something in a chat
                 messages = [rocm_infer.Message("user", prompt)]
                 if args.system:
                     messages.insert(0, rocm_infer.Message("system", args.system))
@@ -572,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", nargs="?", help="the prompt (with -i: the first message)")
     run.add_argument("--chat", action="store_true", help="a chat turn (the model's chat template)")
     run.add_argument("-i", "--interactive", action="store_true", help="a chat loop on stdin (Ctrl-D or /quit ends)")
-    run.add_argument("--system", help="a system message for --chat and -i")
+    run.add_argument("--system", help="a system message: implies --chat (with -i, it opens the chat)")
     run.add_argument("--json", action="store_true", help="one JSON object per token, then one with the metrics")
     _add_sampling_options(run)
     _add_load_options(run)

@@ -123,6 +123,19 @@ def test_chat_and_sampling_flags(tiny_model_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
+def test_system_implies_a_chat_turn(tiny_model_path: Path) -> None:
+    base = ("run", str(tiny_model_path), "Hello", "-n", "8", "--ignore-eos")
+    plain, system, chat = (
+        run_cli(*base, *extra) for extra in ((), ("--system", "Be brief."), ("--chat", "--system", "Be brief."))
+    )
+    for result in (plain, system, chat):
+        assert result.returncode == 0, result.stderr
+    prompt_tokens = [int(r.stderr.split("[", 1)[1].split()[0]) for r in (plain, system, chat)]
+    assert prompt_tokens[1] == prompt_tokens[2] > prompt_tokens[0]  # the chat template and the system message
+    assert system.stdout == chat.stdout  # greedy: the same reply to the same chat
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
 def test_interactive_chat_loop_keeps_a_history(tiny_model_path: Path) -> None:
     result = run_cli(
         "run", str(tiny_model_path), "-i", "-n", "6", "--ignore-eos", stdin="What is a GPU?\n\nAnd a CPU?\n"
