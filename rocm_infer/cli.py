@@ -8,7 +8,9 @@
 
 Errors print one line on stderr and exit with status 1 (``--debug`` adds the
 traceback and the SDK's debug log); bad usage exits with 2; Ctrl-C stops the
-generation, stops llama-server and exits with 130.
+generation, stops llama-server and exits with 130. When the reader of stdout goes
+away (``| head``) it stops the same way, silently, with 141 (128 + SIGPIPE, as
+``cat`` or ``grep`` killed by SIGPIPE report).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = ["main"]
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for `cat`, `grep` ... when `| head` has read enough
 
 DEMO_PROMPT = "Once upon a time"
 DEMO_TOKENS = 200
@@ -615,7 +618,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("rocm_infer").setLevel(logging.DEBUG if args.debug else logging.WARNING)
     try:
         status: int = args.func(args)
+        sys.stdout.flush()  # a reader that has gone shows here, not in the interpreter's last flush
         return status
+    except BrokenPipeError:
+        # `| head` has read what it wanted: stop quietly (llama-server is stopped on the way out),
+        # with stdout on devnull so that the interpreter's last flush cannot fail again (CPython's
+        # advice in the signal module's docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         sys.stdout.flush()
         print("\ninterrupted", file=sys.stderr)

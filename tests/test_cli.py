@@ -238,6 +238,38 @@ def test_progress_indicator_on_a_terminal(tiny_model_path: Path) -> None:
     assert out.strip()
 
 
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_a_reader_that_goes_away_mid_stream_stops_it_quietly(tiny_model_path: Path) -> None:
+    # `rocm-infer run M the --json | head -2`: the reader takes two lines and goes while tokens stream.
+    with started("run", str(tiny_model_path), "the", "--json", "--max-tokens", "100000", "--ignore-eos") as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.wait(timeout=60)
+    assert all(set(line) == {"id", "text"} for line in lines)
+    assert proc.returncode == 141, stderr
+    assert stderr == b""  # no error line, no traceback, no metrics line
+    # no_leaked_servers checks that the llama-server it started is gone
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+@pytest.mark.parametrize(
+    "args",
+    [("run", "{model}", "hi", "--json"), ("info", "--json", "{model}"), ("models", "{folder}"), ("doctor",)],
+)
+def test_a_reader_that_has_gone_before_the_output_ends_it_quietly(args: tuple[str, ...], tiny_model_path: Path) -> None:
+    # As `... | head -0`: stdout's reader is gone before the first write (or the last flush).
+    command = [arg.format(model=tiny_model_path, folder=tiny_model_path.parent) for arg in args]
+    with started(*command) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.wait(timeout=120)
+    assert proc.returncode == 141, stderr
+    assert stderr == b""
+
+
 # --------------------------------------------------------------------------- errors
 
 
