@@ -414,3 +414,60 @@ def test_demo_without_the_gguf_package_says_what_to_install(tmp_path: Path) -> N
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert_one_line_error(result, "pip install 'rocm_infer[demo]'")
+
+
+# --------------------------------------------------------------------------- the README's command-line section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_cli_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Command line\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_the_readme_command_lines_run_as_written_after_make_demo(tmp_path: Path) -> None:
+    assert COMMAND is not None
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(COMMAND)}{os.pathsep}{os.environ['PATH']}",
+        "XDG_CACHE_HOME": str(tmp_path / "user-cache"),  # where a bare `rocm-infer demo` puts its model
+    }
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    # What `make demo` runs, from the Makefile itself, in a stand-in for the checkout's root.
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].splitlines()[1].strip().replace("$(BIN)/", "")
+    assert recipe.startswith("rocm-infer demo"), recipe
+    subprocess.run(["bash", "-c", recipe], cwd=checkout, env=env, capture_output=True, timeout=120, check=True)
+
+    def bash(script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-e", "-c", script],
+            cwd=checkout,
+            env=env,
+            stdin=subprocess.DEVNULL,  # the -i line's chat loop ends at once
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    section = _readme_cli_section()
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.startswith("rocm-infer ")]
+    assert len(commands) == 8, block
+    for line in commands:  # each one on its own, with the block's variables set
+        prelude = "".join(ln + "\n" for ln in block.splitlines() if not ln.startswith("rocm-infer "))
+        result = bash(prelude + line)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        assert "rocm-infer: error" not in result.stderr and "no GGUF models" not in result.stderr
+    # The sample run prints what the README shows (greedy on a fixed model), bar the timings.
+    sample = section.split("\n$ ", 1)[1].split("```", 1)[0].splitlines()
+    result = bash(sample[0])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sample[1] + "\n"
+    shown = sample[2].split(", time to first token")[0]
+    assert shown in result.stderr
