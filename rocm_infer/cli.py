@@ -278,7 +278,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"`rocm-infer demo` makes its tiny model with the gguf and numpy packages, which are not installed "
             f"({exc.name or exc}); install them with: pip install 'rocm_infer[demo]'"
         ) from exc
-    directory = Path(args.cache_dir) if args.cache_dir else _cache_dir()
+    directory = Path(args.cache_dir).expanduser() if args.cache_dir else _cache_dir()  # '~/x', quoted
     if not (directory / "tiny-llama.gguf").exists():
         print(f"making the tiny demo model in {directory} ...", file=sys.stderr, flush=True)
     path = demo_model(directory)
@@ -302,7 +302,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     found = rocm_infer.discover_models(args.directory, recursive=args.recursive)
-    root = Path(args.directory).resolve()
+    root = Path(args.directory).expanduser().resolve()  # as discover_models reads it: files show relative to it
     if args.json:
         print(
             json.dumps(

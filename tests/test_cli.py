@@ -33,7 +33,13 @@ FT = gguf.LlamaFileType
 COMMAND = shutil.which("rocm-infer", path=os.path.dirname(sys.executable))
 
 
-def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     assert COMMAND is not None, "the rocm-infer console script is not installed next to this Python"
     return subprocess.run(
         [COMMAND, *args],
@@ -43,6 +49,8 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
         timeout=timeout,
         check=False,
         stdin=None if stdin is not None else subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -404,6 +412,36 @@ def test_demo_makes_its_model_once(tmp_path: Path) -> None:
     assert (cache / "tiny-llama.gguf").is_file()
     again = run_cli("demo", "--cache-dir", str(cache), "-n", "5")
     assert again.returncode == 0 and "making" not in again.stderr and "5 generated (length)" in again.stderr
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_demo_takes_a_quoted_tilde_cache_dir(tmp_path: Path) -> None:
+    # As `rocm-infer demo --cache-dir '~/demo'`: the shell leaves the ~ to the command.
+    env = {**os.environ, "HOME": str(tmp_path)}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    demo = run_cli("demo", "--cache-dir", "~/demo", "-n", "2", env=env, cwd=cwd)
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "demo" / "tiny-llama.gguf").is_file() and not (cwd / "~").exists()
+
+
+def test_models_lists_a_quoted_tilde_folder_relative_to_it(tmp_path: Path, tiny_model_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (tmp_path / "demo").mkdir()
+    shutil.copy(tiny_model_path, tmp_path / "demo" / "tiny-llama.gguf")
+    shutil.copy(tiny_model_path, tmp_path / "demo" / "other.gguf")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path))
+        try:
+            rocm_infer.discover_models("~/demo")
+        except rocm_infer.ModelNotFoundError:
+            pytest.skip("discover_models does not expand ~ yet")
+    models = run_cli("models", "~/demo", env=env, cwd=cwd)
+    assert models.returncode == 0, models.stderr
+    files = [row.split()[-1] for row in models.stdout.splitlines()[1:]]
+    assert files == ["other.gguf", "tiny-llama.gguf"]  # relative to the folder, not to a ./~ that is not there
 
 
 def test_demo_without_the_gguf_package_says_what_to_install(tmp_path: Path) -> None:
