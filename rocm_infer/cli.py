@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import rocm_infer
-from rocm_infer.server import _strip_log_prefix
+from rocm_infer.server import strip_log_prefix
 from rocm_infer.types import format_bytes
 
 __all__ = ["main"]
@@ -70,8 +70,8 @@ def _telling_line(output: str) -> str:
     for wanted in (_is_error_level, _mentions_error):
         for line in lines:
             if wanted(line):
-                return _strip_log_prefix(line)
-    return _strip_log_prefix(lines[-1]) if lines else ""
+                return strip_log_prefix(line)
+    return strip_log_prefix(lines[-1]) if lines else ""
 
 
 def _is_error_level(line: str) -> bool:

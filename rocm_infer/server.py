@@ -38,7 +38,7 @@ from .client import JSON, LlamaServerClient
 from .errors import APIError, ConnectionError, ModelClosedError, RocmInferError, ServerStartError
 from .types import LoadProgress, LoadStage
 
-__all__ = ["LlamaServer"]
+__all__ = ["LlamaServer", "strip_log_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +218,9 @@ class _ProcessActivity:
         return (cpu, rss_file, rss_anon, read_chars), max(rss_file, read_chars)
 
 
-def _strip_log_prefix(line: str) -> str:
-    """``0.00.004.392 I srv    load_model: loading model 'x'`` → ``load_model: loading model 'x'``."""
+def strip_log_prefix(line: str) -> str:
+    """A llama-server log line without its time and level prefix:
+    ``0.00.004.392 I srv    load_model: loading model 'x'`` → ``load_model: loading model 'x'``."""
     parts = line.split(None, 3)
     if len(parts) == 4 and parts[0][:1].isdigit() and len(parts[1]) == 1:
         return parts[3]
@@ -597,7 +598,7 @@ class LlamaServer:
         self._last_activity = time.monotonic()
         for marker, stage in _STAGE_LINES:
             if marker in raw:
-                if self._set_stage(stage, _strip_log_prefix(line)):
+                if self._set_stage(stage, strip_log_prefix(line)):
                     self._wake.set()
                 break
         if any(hint in raw for hint in _READY_HINTS):
