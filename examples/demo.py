@@ -1,4 +1,6 @@
-"""`make demo`: start a real llama-server on the tiny demo model and stream a generation.
+"""Start a real llama-server on a model (default: the tiny demo model), stream 200
+tokens and report the speed: the SDK calls behind a demo, to read and adapt.
+(`make demo` runs the `rocm-infer demo` command instead.)
 
 python examples/demo.py [MODEL.gguf]
 """
