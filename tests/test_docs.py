@@ -90,3 +90,24 @@ def _shown(value: object) -> str:
     if hasattr(value, "items") and not value:  # a read-only mapping
         return "{}"
     return repr(value)
+
+
+# -- what the pages promise ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("no_leaked_servers")
+async def test_slots_share_the_context_unless_parallel_slots_splits_it(tiny_model_path: Path) -> None:
+    # What configuration.md says of `context_len` and `parallel_slots`, on a 4096-token context:
+    # llama-server's default slots share it, so one request may use more than a quarter of it;
+    # parallel_slots=4 gives each slot a quarter.
+    prompt = " ".join(["word"] * 1500)
+    async with rocm_infer.load_model(tiny_model_path, context_len=4096) as model:
+        assert (model.info.parallel_slots, model.info.context_len) == (4, 4096)
+        stream = model.generate(prompt, max_tokens=1)
+        await stream.collect()
+        assert stream.metrics is not None and stream.metrics.prompt_tokens > 1024
+    async with rocm_infer.load_model(tiny_model_path, context_len=4096, parallel_slots=4) as model:
+        assert (model.info.parallel_slots, model.info.context_len) == (4, 1024)
+        with pytest.raises(rocm_infer.ContextLengthError):
+            await model.generate(prompt, max_tokens=1).collect()
