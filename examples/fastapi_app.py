@@ -2,7 +2,7 @@
 OpenAI-compatible ``POST /v1/chat/completions`` (streaming and not), so the
 official ``openai`` client pointed at it works unchanged.
 
-    python examples/fastapi_app.py [MODEL.gguf] [--port 8000]
+    python examples/fastapi_app.py [MODEL.gguf] [--port 8000] [--parallel-slots N]
 
     import openai
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="GGUF model (default: the demo model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--parallel-slots", type=int, default=4)
+    parser.add_argument("--parallel-slots", type=int, default=0, help="0: llama-server's default")
     args = parser.parse_args()
     uvicorn.run(create_app(args.model, parallel_slots=args.parallel_slots), host=args.host, port=args.port)
 
