@@ -8,8 +8,10 @@ official ``openai`` client pointed at it works unchanged.
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}])
 
-Needs ``pip install 'rocm_infer[fastapi]' uvicorn``. Without a model path it
-serves $ROCM_INFER_MODEL, else the tiny demo model.
+Needs the ``fastapi`` extra (FastAPI and uvicorn; the ``demo`` extra too for
+the demo model). Without a model path it serves $ROCM_INFER_MODEL, else the
+tiny demo model. ``--parallel-slots`` 0 (the default) keeps llama-server's 4
+slots sharing one context; N gives each of N slots context/N tokens.
 """
 
 from __future__ import annotations

@@ -95,6 +95,17 @@ def _shown(value: object) -> str:
 # -- what the pages promise ------------------------------------------------------------------------
 
 
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_the_fastapi_extra_can_serve_the_example() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"fastapi", "uvicorn"} <= {_requirement_name(r) for r in extras["fastapi"]}
+
+
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_leaked_servers")
 async def test_slots_share_the_context_unless_parallel_slots_splits_it(tiny_model_path: Path) -> None:

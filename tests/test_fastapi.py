@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +297,48 @@ def test_without_fastapi_the_import_error_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'rocm_infer[fastapi]'" in out
+
+
+@pytest.mark.usefixtures("no_leaked_servers")
+def test_the_example_runs_as_the_docs_say(tiny_model_path: Path) -> None:
+    # README and docs/fastapi.md: `python examples/fastapi_app.py` serves $ROCM_INFER_MODEL until
+    # Ctrl-C; curl and the openai client talk to it.
+    script = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
+    env = {**os.environ, "ROCM_INFER_MODEL": str(tiny_model_path)}
+    app = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stderr is not None
+        seen = []
+        for line in app.stderr:
+            seen.append(line)
+            if started := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        else:
+            pytest.fail("".join(seen))
+        url = started.group(1)
+        request = urllib.request.Request(
+            f"{url}/generate", json.dumps({"prompt": "Once upon a time", "max_tokens": 4}).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            events = [e for e in SSEDecoder().feed(response.read()) if e.event]
+        assert [e.event for e in events] == ["token"] * 4 + ["end"]
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused") as client:
+            messages: Any = [{"role": "user", "content": "Hi"}]
+            reply = client.chat.completions.create(model="default", messages=messages, max_tokens=4)
+        assert reply.usage is not None and reply.usage.completion_tokens == 4
+    finally:
+        app.send_signal(signal.SIGINT)  # Ctrl-C
+        assert app.wait(timeout=60) == 0
+        if app.stderr:
+            app.stderr.close()
 
 
 @pytest.mark.usefixtures("no_leaked_servers")
