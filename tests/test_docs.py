@@ -97,8 +97,31 @@ def _shown(value: object) -> str:
 # -- what the pages promise ------------------------------------------------------------------------
 
 
+EXTRAS_TABLES = [ROOT / "README.md", DOCS / "getting-started.md"]
+
+
 def _requirement_name(requirement: str) -> str:
     return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_install_instructions_name_a_clone_never_an_index() -> None:
+    # rocm_infer is on no package index: `pip install rocm_infer` fails for a reader.
+    from_an_index = re.compile(r"pip install\s+['\"]?rocm_infer\b(?!\[[\w,]+\] @ )")
+    pages = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "examples").glob("*.py")]
+    wrong = [f"{p.name}: {m.group(0)}" for p in pages for m in from_an_index.finditer(p.read_text())]
+    assert not wrong
+
+
+@pytest.mark.parametrize("page", EXTRAS_TABLES, ids=lambda p: p.name)
+def test_the_extras_table_names_every_extra_and_only_what_it_installs(page: Path) -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| ([^|]+) \|", page.read_text(), re.M))
+    assert set(rows) == set(extras), "one row per extra of pyproject.toml"
+    for extra, brings in rows.items():
+        installed = {_requirement_name(r) for r in extras[extra]}
+        assert set(re.findall(r"`([\w.-]+)`", brings)) <= installed, f"{page.name}: the {extra!r} row"
 
 
 def test_the_fastapi_extra_can_serve_the_example() -> None:
