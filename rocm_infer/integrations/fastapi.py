@@ -21,7 +21,8 @@
   ``text/event-stream``; when the HTTP client goes away, the stream is
   closed and llama-server stops generating.
 
-Needs the ``fastapi`` extra: ``pip install 'rocm_infer[fastapi]'``.
+Needs the ``fastapi`` extra (``pip install -e '.[fastapi]'`` in a clone of
+rocm_infer, or ``pip install fastapi uvicorn``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a test in a clean subprocess
     raise ImportError(
         "rocm_infer.integrations.fastapi needs FastAPI, which is not installed: "
-        "install it with `pip install 'rocm_infer[fastapi]'`"
+        "install it (rocm_infer's fastapi extra) with `pip install fastapi uvicorn`"
     ) from exc
 
 import contextlib
