@@ -721,6 +721,12 @@ def plots(results: Results, img: Path) -> list[str]:
     img.mkdir(parents=True, exist_ok=True)
     written = []
 
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(img / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
     if "throughput" in results.plots:
         lengths, series = results.plots["throughput"]
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -732,10 +738,7 @@ def plots(results: Results, img: Path) -> list[str]:
         ax.set_ylabel("tokens/s")
         ax.set_title("Streaming throughput seen by each client")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(img / "throughput.png", dpi=100)
-        plt.close(fig)
-        written.append("throughput.png")
+        save(fig, "throughput.png")
 
     if "cpu" in results.plots:
         synthetic = results.plots["cpu"]
@@ -753,10 +756,7 @@ def plots(results: Results, img: Path) -> list[str]:
         ax.set_ylabel("client CPU per token (µs)")
         ax.set_title("Client CPU per token")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(img / "cpu_per_token.png", dpi=100)
-        plt.close(fig)
-        written.append("cpu_per_token.png")
+        save(fig, "cpu_per_token.png")
 
     if "concurrency" in results.plots:
         levels, series = results.plots["concurrency"]
@@ -769,10 +769,7 @@ def plots(results: Results, img: Path) -> list[str]:
         ax.set_ylabel("aggregate tokens/s")
         ax.set_title("Concurrency scaling")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(img / "concurrency.png", dpi=100)
-        plt.close(fig)
-        written.append("concurrency.png")
+        save(fig, "concurrency.png")
     return written
 
 

@@ -423,6 +423,11 @@ async def test_classify_raises_the_sdk_error_not_a_group(tiny_model_path: Path, 
             await model.classify("one string")
 
 
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, as a user's script; its output, whatever it exits with."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
 _FORGETS_TO_CLOSE = """
 import asyncio, sys
 import rocm_infer
@@ -440,13 +445,7 @@ asyncio.run(main())
 
 def test_a_model_never_closed_is_stopped_at_exit(tiny_model_path: Path, server_binary: str) -> None:
     before = llama_server_pids(server_binary)
-    result = subprocess.run(
-        [sys.executable, "-c", _FORGETS_TO_CLOSE, str(tiny_model_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(_FORGETS_TO_CLOSE, str(tiny_model_path))
     assert result.returncode == 0, result.stderr
     pid = int(result.stdout.split()[0])
     assert pid not in llama_server_pids(server_binary)
@@ -533,13 +532,7 @@ def test_a_model_used_from_another_loop_says_so_and_close_still_stops_it(
     tiny_model_path: Path, server_binary: str
 ) -> None:
     before = llama_server_pids(server_binary)
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_LOOPS, str(tiny_model_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(_TWO_LOOPS, str(tiny_model_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     pid = int(lines[0])
