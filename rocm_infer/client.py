@@ -32,12 +32,12 @@ from typing import Any, Literal
 import aiohttp
 
 from .errors import (
+    APIConnectionError,
     APIError,
-    ConnectionError,
+    APITimeoutError,
     ContextLengthError,
     ModelClosedError,
     ProtocolError,
-    TimeoutError,
 )
 from .sse import SSEDecoder, SSELineTooLongError
 
@@ -104,7 +104,7 @@ def _error_from_payload(payload: object, *, status: int | None, url: str) -> API
 def _translate(exc: BaseException, url: str) -> Exception:
     """Map an aiohttp/OS/asyncio exception to the SDK's exception."""
     if isinstance(exc, aiohttp.ServerTimeoutError | builtins.TimeoutError):
-        return TimeoutError(f"timed out talking to llama-server at {url}", url=url)
+        return APITimeoutError(f"timed out talking to llama-server at {url}", url=url)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ProtocolError(f"llama-server response body broke off ({url}): {exc}", url=url)
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -113,7 +113,7 @@ def _translate(exc: BaseException, url: str) -> Exception:
         # server's) or for redirects: the protocol broke, the API did not answer.
         return ProtocolError(f"llama-server sent a malformed HTTP response ({url}): {exc.message}", url=url)
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return ConnectionError(f"connection to llama-server failed ({url}): {exc}", url=url)
+        return APIConnectionError(f"connection to llama-server failed ({url}): {exc}", url=url)
     return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}", url=url)
 
 
@@ -147,7 +147,7 @@ class LlamaServerClient:
     client closes only a session it created itself. ``timeout`` bounds each
     non-streaming request; ``idle_timeout`` bounds the silence between two
     reads of a stream (``None``: wait forever). Both raise
-    :class:`~rocm_infer.errors.TimeoutError`. A request answered 503 (the
+    :class:`~rocm_infer.errors.APITimeoutError`. A request answered 503 (the
     model is still loading) is sent again, with backoff, for up to
     ``unavailable_timeout`` seconds before its APIError is raised; a 503
     comes before any byte of a response, so nothing is ever retried after a
@@ -332,8 +332,8 @@ class EventStream:
     network read produced. Raises :class:`~rocm_infer.errors.APIError` for an
     HTTP error or an in-band ``{"error": ...}`` event (after the events before
     it), :class:`~rocm_infer.errors.ProtocolError` for malformed data or a body
-    that ends before the stream's terminator, and the SDK's ConnectionError or
-    TimeoutError for transport failures. In every one of those cases, and on
+    that ends before the stream's terminator, and the SDK's APIConnectionError or
+    APITimeoutError for transport failures. In every one of those cases, and on
     :meth:`aclose` or cancellation, the response is closed.
     """
 
@@ -415,7 +415,7 @@ class EventStream:
             return
         self._watchdog = None
         self._idle = True
-        self.close()  # wakes the reader, which raises the TimeoutError
+        self.close()  # wakes the reader, which raises the APITimeoutError
 
     async def read_batch(self) -> list[JSON]:
         """Return the next events: at least one, all that are already decoded.
@@ -508,8 +508,8 @@ class EventStream:
             self._ahead.extend(batch)
         return self._ahead.popleft()
 
-    def _idle_error(self) -> TimeoutError:
-        return TimeoutError(
+    def _idle_error(self) -> APITimeoutError:
+        return APITimeoutError(
             f"llama-server sent nothing for {self._client.idle_timeout:g}s on {self._path}; the response was closed",
             url=self.url,
         )

@@ -167,7 +167,7 @@ class LoadConfig:
       are not killed early.
     * ``max_startup_time``: seconds start-up may take in all, progress or not.
     * ``idle_timeout``: seconds a stream may go without receiving anything
-      before it is closed and raises :class:`~rocm_infer.errors.TimeoutError`
+      before it is closed and raises :class:`~rocm_infer.errors.APITimeoutError`
       (a server that stopped sending without closing); ``None``: wait forever.
       It is not a limit on a generation's length: a stream that keeps
       sending is never cut.

@@ -13,11 +13,11 @@ working::
     ├── ServerError                  the llama-server process failed
     │   ├── ServerStartError         it exited or never became healthy during start-up
     │   └── ServerExitedError        it died while the model was in use
-    ├── ConnectionError              (also builtins.ConnectionError) the HTTP connection failed
+    ├── APIConnectionError           (also builtins.ConnectionError) the HTTP connection failed
     ├── APIError                     llama-server answered with an error
     │   └── ContextLengthError       the prompt does not fit the context window
     ├── ProtocolError                the response broke the SSE/JSON protocol
-    ├── TimeoutError                 (also builtins.TimeoutError) a deadline passed
+    ├── APITimeoutError              (also builtins.TimeoutError) a deadline passed
     ├── ModelClosedError             the model was used after close()
     └── EventLoopError               (also RuntimeError) the model was used from another event loop
 
@@ -31,9 +31,10 @@ from __future__ import annotations
 import builtins
 
 __all__ = [
+    "APIConnectionError",
     "APIError",
+    "APITimeoutError",
     "BinaryNotFoundError",
-    "ConnectionError",
     "ContextLengthError",
     "EventLoopError",
     "InsufficientVRAMError",
@@ -45,7 +46,6 @@ __all__ = [
     "ServerError",
     "ServerExitedError",
     "ServerStartError",
-    "TimeoutError",
 ]
 
 
@@ -147,7 +147,7 @@ class ServerExitedError(ServerError):
     """
 
 
-class ConnectionError(RocmInferError, builtins.ConnectionError):
+class APIConnectionError(RocmInferError, builtins.ConnectionError):
     """The HTTP connection to llama-server failed or broke."""
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
@@ -215,7 +215,7 @@ class ProtocolError(RocmInferError):
         self.url = url
 
 
-class TimeoutError(RocmInferError, builtins.TimeoutError):
+class APITimeoutError(RocmInferError, builtins.TimeoutError):
     """A deadline passed (a request, or a stream that went silent).
 
     ``url`` is the request's URL when known.

@@ -33,13 +33,13 @@ import anyio.to_thread
 from .client import JSON, EventStream, LlamaServerClient
 from .config import GenerateConfig, RestartPolicy
 from .errors import (
-    ConnectionError,
+    APIConnectionError,
+    APITimeoutError,
     EventLoopError,
     ModelClosedError,
     ProtocolError,
     RocmInferError,
     ServerExitedError,
-    TimeoutError,
 )
 from .gguf import read_gguf_info
 from .gpu import VramMonitor
@@ -604,7 +604,7 @@ class TextModel:
 
     async def _translate_failure(self, exc: RocmInferError) -> RocmInferError:
         """A broken connection to a supervised server that has died is a ServerExitedError."""
-        if self._server is not None and isinstance(exc, ConnectionError | ProtocolError | TimeoutError):
+        if self._server is not None and isinstance(exc, APIConnectionError | ProtocolError | APITimeoutError):
             if await self._server.wait_exited(_EXIT_GRACE) is not None:
                 self._dead = self._exited_error()
                 return self._dead
@@ -919,7 +919,7 @@ def connect(base_url: str, *, api_key: str | None = None) -> ModelContext:
     """Attach to a llama-server that is already running at ``base_url``.
 
     Checks /health and reads /props; raises ``APIError`` (503: still loading)
-    or ``ConnectionError`` if the server is not usable. ``close()`` closes the
+    or ``APIConnectionError`` if the server is not usable. ``close()`` closes the
     HTTP client and leaves the server running.
     """
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):

@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 
 from .client import JSON, LlamaServerClient
-from .errors import APIError, ConnectionError, ModelClosedError, RocmInferError, ServerStartError
+from .errors import APIConnectionError, APIError, ModelClosedError, RocmInferError, ServerStartError
 from .types import LoadProgress, LoadStage
 
 __all__ = ["LlamaServer", "strip_log_prefix"]
@@ -361,7 +361,7 @@ class LlamaServer:
         """Wait up to ``within`` seconds for the process to end; its exit status or None."""
         if self._exit_task is None:
             return None
-        # builtins.TimeoutError: what wait_for raises (the SDK's TimeoutError is only a subclass of it).
+        # builtins.TimeoutError: what wait_for raises (the SDK's APITimeoutError is only a subclass of it).
         with contextlib.suppress(builtins.TimeoutError):
             return await asyncio.wait_for(asyncio.shield(self._exit_task), within)
         return None
@@ -474,9 +474,9 @@ class LlamaServer:
                 if exc.status != 503:
                     raise await self._start_error(f"llama-server /health answered {exc}") from exc
                 last_status = "loading the model (503)"
-            except ConnectionError:
+            except APIConnectionError:
                 last_status = "not accepting connections yet"
-            except builtins.TimeoutError:  # also the SDK's own TimeoutError
+            except builtins.TimeoutError:  # also the SDK's own APITimeoutError
                 last_status = "/health did not answer"
             now = time.monotonic()
             deadline = min(self._last_activity + self.startup_timeout, hard_deadline)

@@ -28,13 +28,13 @@ from aioresponses import aioresponses
 import rocm_infer.client as client_module
 from rocm_infer.client import EventStream, LlamaServerClient
 from rocm_infer.errors import (
+    APIConnectionError,
     APIError,
-    ConnectionError,
+    APITimeoutError,
     ContextLengthError,
     ModelClosedError,
     ProtocolError,
     RocmInferError,
-    TimeoutError,
 )
 from rocm_infer.sse import SSEDecoder
 
@@ -429,7 +429,7 @@ async def test_invalid_json_on_200_is_protocol_error(fake: FakeServer, client: L
 
 async def test_connection_refused(refused_url: str) -> None:
     async with LlamaServerClient(refused_url) as client:
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(APIConnectionError) as info:
             await client.health()
     err = info.value
     assert isinstance(err, builtins.ConnectionError) and isinstance(err, RocmInferError)
@@ -440,7 +440,7 @@ async def test_connection_refused(refused_url: str) -> None:
 async def test_connection_refused_on_stream(refused_url: str) -> None:
     async with LlamaServerClient(refused_url) as client:
         stream = client.stream_chat_completion({"messages": []})
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(APIConnectionError) as info:
             await stream.__anext__()
         assert info.value.url == refused_url + "/v1/chat/completions"
         # The stream is finished for good; it does not retry.
@@ -450,7 +450,7 @@ async def test_connection_refused_on_stream(refused_url: str) -> None:
 async def test_request_timeout(fake: FakeServer) -> None:
     fake.hang()
     async with LlamaServerClient(fake.url, timeout=0.3) as client:
-        with pytest.raises(TimeoutError) as info:
+        with pytest.raises(APITimeoutError) as info:
             await client.props()
     assert isinstance(info.value, builtins.TimeoutError) and isinstance(info.value, RocmInferError)
     await fake.wait_disconnected()
@@ -459,7 +459,7 @@ async def test_request_timeout(fake: FakeServer) -> None:
 async def test_server_closes_without_answer(raw_server: RawServer) -> None:
     url = await raw_server(b"")
     async with LlamaServerClient(url) as client:
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(APIConnectionError) as info:
             await client.health()
     assert info.value.url == url + "/health"
 
@@ -483,18 +483,18 @@ async def test_body_shorter_than_content_length(raw_server: RawServer) -> None:
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
-        (aiohttp.ClientConnectionError("reset"), ConnectionError),
-        (aiohttp.ServerDisconnectedError(), ConnectionError),
-        (aiohttp.ClientOSError(104, "Connection reset by peer"), ConnectionError),
-        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), ConnectionError),
-        (ConnectionRefusedError(111, "refused"), ConnectionError),
-        (OSError(101, "Network is unreachable"), ConnectionError),
-        (aiohttp.ServerTimeoutError("read timeout"), TimeoutError),
-        (aiohttp.ConnectionTimeoutError("connect timeout"), TimeoutError),
-        (builtins.TimeoutError(), TimeoutError),
+        (aiohttp.ClientConnectionError("reset"), APIConnectionError),
+        (aiohttp.ServerDisconnectedError(), APIConnectionError),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), APIConnectionError),
+        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), APIConnectionError),
+        (ConnectionRefusedError(111, "refused"), APIConnectionError),
+        (OSError(101, "Network is unreachable"), APIConnectionError),
+        (aiohttp.ServerTimeoutError("read timeout"), APITimeoutError),
+        (aiohttp.ConnectionTimeoutError("connect timeout"), APITimeoutError),
+        (builtins.TimeoutError(), APITimeoutError),
         (aiohttp.ClientPayloadError("payload"), ProtocolError),
         (aiohttp.ClientResponseError(None, (), status=400, message="Bad status line"), ProtocolError),  # type: ignore[arg-type]
-        (aiohttp.ClientError("other"), ConnectionError),
+        (aiohttp.ClientError("other"), APIConnectionError),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
 )
@@ -765,7 +765,7 @@ async def test_idle_timeout(fake: FakeServer) -> None:
     async with LlamaServerClient(fake.url, idle_timeout=0.3) as client:
         stream = client.stream_completion({})
         got: list[dict[str, Any]] = []
-        with pytest.raises(TimeoutError) as info:
+        with pytest.raises(APITimeoutError) as info:
             await collect(stream, got)
     assert isinstance(info.value, builtins.TimeoutError) and isinstance(info.value, RocmInferError)
     assert info.value.url == fake.url + "/completion"

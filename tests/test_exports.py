@@ -36,6 +36,6 @@ def test_every_error_derives_from_the_root() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.RocmInferError)
     assert issubclass(errors.ModelNotFoundError, FileNotFoundError)
-    assert issubclass(errors.TimeoutError, TimeoutError)
-    assert issubclass(errors.ConnectionError, ConnectionError)
+    assert issubclass(errors.APITimeoutError, TimeoutError)
+    assert issubclass(errors.APIConnectionError, ConnectionError)
     assert issubclass(errors.ContextLengthError, errors.APIError)

@@ -269,7 +269,7 @@ async def test_a_server_that_goes_silent_mid_stream_times_out_and_the_model_live
         pid = model.server.pid
         stream = model.generate("tell me a story", **LONG)
         try:
-            with pytest.raises(rocm_infer.TimeoutError) as info:
+            with pytest.raises(rocm_infer.APITimeoutError) as info:
                 count = 0
                 async for _ in stream:
                     count += 1
