@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 import pytest
 
-import rocm_infer.gguf as gguf_mod
+import rocm_infer.gguf.reader as gguf_mod
 from rocm_infer.errors import InvalidModelError, ModelNotFoundError
 from rocm_infer.gguf import (
     GGUF_MAGIC,
@@ -30,6 +30,7 @@ from rocm_infer.gguf import (
     check_gguf_file,
     read_gguf_header,
 )
+from rocm_infer.gguf.ggml_types import GGML_TYPES
 
 VT = gguf.GGUFValueType
 
@@ -805,15 +806,16 @@ def test_large_model_reads_only_the_header(tmp_path: Path, monkeypatch: pytest.M
 
 def test_ggml_type_sizes_match_gguf_py() -> None:
     """The tensor size table must agree with gguf-py, or valid models would be rejected."""
-    table = gguf_mod._GGML_TYPE_SIZES
     for qtype, sizes in gguf.GGML_QUANT_SIZES.items():
+        known = GGML_TYPES.get(int(qtype))
+        assert known is not None, qtype.name
         if qtype == gguf.GGMLQuantizationType.Q8_1:
             # gguf-py 0.19.0 still has the old 40-byte block; ggml's block_q8_1 is two
             # halfs + 32 quants = 36 bytes (static_assert in ggml-common.h). Q8_1 is an
             # internal type that no model file stores anyway.
-            assert sizes == (32, 40) and table[int(qtype)] == (32, 36)
+            assert sizes == (32, 40) and (known.block_size, known.type_size) == (32, 36)
             continue
-        assert table.get(int(qtype)) == sizes, qtype.name
+        assert (known.block_size, known.type_size) == sizes, qtype.name
 
 
 def test_value_type_ids_match_gguf_py() -> None:

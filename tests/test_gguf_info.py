@@ -10,6 +10,7 @@ reports about it (``/v1/models``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import gguf
@@ -20,6 +21,7 @@ from gguf.utility import model_weight_count_rounded_notation
 import rocm_infer
 import rocm_infer.gguf as gguf_mod
 from rocm_infer import InvalidModelError, ModelNotFoundError, read_gguf_info
+from rocm_infer.gguf import ggml_types
 
 QT = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -173,11 +175,15 @@ def test_every_file_type_of_gguf_py_is_known() -> None:
     for file_type in FT:
         if file_type is FT.GUESSED:
             continue
-        name, main = gguf_mod._FILE_TYPES[int(file_type)]
+        name, main = ggml_types.FILE_TYPES[int(file_type)]
         assert name == file_type.name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        assert main in gguf_mod._GGML_TYPE_SIZES, name
+        assert main in ggml_types.GGML_TYPES, name
     for qtype in QT:
-        assert gguf_mod._GGML_TYPE_NAMES[int(qtype)] == qtype.name
+        known = ggml_types.GGML_TYPES[int(qtype)]
+        assert known.name == qtype.name
+        # The nominal bits are the number in the name; the FP4 formats are 4-bit floats.
+        digits = re.search(r"\d+", qtype.name)
+        assert known.bits == (4 if qtype.name.endswith("FP4") else int(digits.group()) if digits else None), qtype.name
 
 
 def test_guessed_flag_is_ignored(tmp_path: Path) -> None:

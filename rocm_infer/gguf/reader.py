@@ -1,4 +1,4 @@
-"""Header-only reader for GGUF model files (stdlib only).
+"""Bounds-checked reading of a GGUF file's header, key/value metadata and tensor-info table (stdlib only).
 
 A GGUF file is laid out as::
 
@@ -33,11 +33,6 @@ Every count is checked against the bytes left in the file before it is used,
 so a corrupt or hostile file can neither make the reader loop for long nor
 make it allocate more than the limits above.
 
-:func:`read_gguf_info` turns a header into a :class:`~rocm_infer.types.ModelInfo`:
-the well-known keys, plus what the tensor-info table says (parameter count,
-the bits per weight actually stored, the ggml type most weights use), and
-``general.file_type`` as a quantisation name with its bits and block size.
-
 Only little-endian files are read: llama.cpp loads GGUF files only in the
 host's byte order, and every host llama-server runs on here is little-endian,
 so a big-endian file is reported as such instead of failing later in
@@ -47,7 +42,6 @@ llama-server.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import struct
 from collections.abc import Mapping
@@ -56,26 +50,8 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import BinaryIO, NoReturn
 
-from .errors import InvalidModelError, ModelNotFoundError
-from .types import ModelInfo
-
-__all__ = [
-    "CHAT_TEMPLATE_KEY",
-    "CHAT_TEMPLATE_MAX_BYTES",
-    "GGUF_MAGIC",
-    "SUPPORTED_VERSIONS",
-    "GGUFArray",
-    "GGUFHeader",
-    "GGUFValueType",
-    "check_gguf_file",
-    "quantization_of",
-    "read_gguf_header",
-    "read_gguf_info",
-    "shard_path",
-    "size_label",
-    "split_name",
-    "type_bits",
-]
+from ..errors import InvalidModelError, ModelNotFoundError
+from .ggml_types import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 """The four bytes every GGUF file starts with."""
@@ -142,47 +118,6 @@ _MIN_TENSOR_INFO_SIZE = 8 + 4 + 4 + 8  # name length, n_dims, ggml type, data of
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
-# (block size, bytes per block) of each ggml tensor type (ggml.h / ggml.c type
-# traits; gguf-py's GGML_QUANT_SIZES). Types missing here (newer than this
-# table) are not size-checked.
-_GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
-    0: (1, 4),  # F32
-    1: (1, 2),  # F16
-    2: (32, 18),  # Q4_0
-    3: (32, 20),  # Q4_1
-    6: (32, 22),  # Q5_0
-    7: (32, 24),  # Q5_1
-    8: (32, 34),  # Q8_0
-    9: (32, 36),  # Q8_1
-    10: (256, 84),  # Q2_K
-    11: (256, 110),  # Q3_K
-    12: (256, 144),  # Q4_K
-    13: (256, 176),  # Q5_K
-    14: (256, 210),  # Q6_K
-    15: (256, 292),  # Q8_K
-    16: (256, 66),  # IQ2_XXS
-    17: (256, 74),  # IQ2_XS
-    18: (256, 98),  # IQ3_XXS
-    19: (256, 50),  # IQ1_S
-    20: (32, 18),  # IQ4_NL
-    21: (256, 110),  # IQ3_S
-    22: (256, 82),  # IQ2_S
-    23: (256, 136),  # IQ4_XS
-    24: (1, 1),  # I8
-    25: (1, 2),  # I16
-    26: (1, 4),  # I32
-    27: (1, 8),  # I64
-    28: (1, 8),  # F64
-    29: (256, 56),  # IQ1_M
-    30: (1, 2),  # BF16
-    34: (256, 54),  # TQ1_0
-    35: (256, 66),  # TQ2_0
-    39: (32, 17),  # MXFP4
-    40: (64, 36),  # NVFP4
-    41: (128, 18),  # Q1_0
-    42: (64, 18),  # Q2_0
-}
-
 
 @dataclass(frozen=True, slots=True)
 class GGUFArray:
@@ -230,10 +165,7 @@ class GGUFHeader:
     @property
     def context_length(self) -> int | None:
         """The context length the model was trained for (``<arch>.context_length``), or ``None``."""
-        arch = self.architecture
-        if arch is None:
-            return None
-        return _as_int(self.metadata.get(f"{arch}.context_length"))
+        return _arch_int(self, "context_length")
 
     @property
     def name(self) -> str | None:
@@ -255,14 +187,17 @@ class GGUFHeader:
             return tokens.length
         if isinstance(tokens, tuple):
             return len(tokens)
-        arch = self.architecture
-        if arch is None:
-            return None
-        return _as_int(self.metadata.get(f"{arch}.vocab_size"))
+        return _arch_int(self, "vocab_size")
 
 
 def _as_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _arch_int(header: GGUFHeader, key: str) -> int | None:
+    """The integer metadata value ``<general.architecture>.<key>``, or ``None``."""
+    arch = header.architecture
+    return _as_int(header.metadata.get(f"{arch}.{key}")) if arch is not None else None
 
 
 def _describe_start(first: bytes) -> str:
@@ -330,9 +265,17 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _check_magic(abspath: str, first: bytes) -> None:
+def _read_start(abspath: str, f: BinaryIO, n: int) -> bytes:
+    """Read the first ``n`` bytes of the model file and check that they start with the magic; return them."""
+    try:
+        first = _read_exact(f, n)
+    except OSError as exc:
+        raise InvalidModelError(
+            f"cannot read model file {abspath!r}: {exc.strerror or exc}", path=abspath, offset=0
+        ) from exc
     if first[:4] != GGUF_MAGIC:
         raise InvalidModelError(f"model file {abspath!r} is {_describe_start(first)}", path=abspath, offset=0)
+    return first
 
 
 def check_gguf_file(path: str | os.PathLike[str]) -> str:
@@ -346,13 +289,7 @@ def check_gguf_file(path: str | os.PathLike[str]) -> str:
     """
     abspath, f, _size = _open_model(path)
     with f:
-        try:
-            first = _read_exact(f, 64)
-        except OSError as exc:
-            raise InvalidModelError(
-                f"cannot read model file {abspath!r}: {exc.strerror or exc}", path=abspath, offset=0
-            ) from exc
-    _check_magic(abspath, first)
+        _read_start(abspath, f, 64)
     return abspath
 
 
@@ -639,13 +576,13 @@ def _check_tensor_infos(r: _Reader, tensor_count: int, alignment: int) -> _Tenso
         type_offset = r.pos
         ggml_type = r.u32("a tensor type")
         offset = r.u64("a tensor data offset")
-        sizes = _GGML_TYPE_SIZES.get(ggml_type)
+        known = GGML_TYPES.get(ggml_type)
         nbytes = 0
-        if sizes is not None:
-            block, type_size = sizes
+        if known is not None:  # a type newer than the table is not size-checked
+            block = known.block_size
             if ne0 % block:
                 r.fail(f"tensor row of {ne0} elements is not a multiple of block size {block}", type_offset)
-            nbytes = n_elements // block * type_size
+            nbytes = n_elements // block * known.type_size
         totals.elements += n_elements
         totals.nbytes += nbytes
         by_type[ggml_type] = by_type.get(ggml_type, 0) + n_elements
@@ -688,14 +625,7 @@ def read_gguf_header(
         raise ValueError(f"max_array_items must be >= 0, got {max_array_items}")
     abspath, f, size = _open_model(path)
     with f:
-        try:
-            first = _read_exact(f, min(size, _CHUNK))
-        except OSError as exc:
-            raise InvalidModelError(
-                f"cannot read model file {abspath!r}: {exc.strerror or exc}", path=abspath, offset=0
-            ) from exc
-        _check_magic(abspath, first)
-        r = _Reader(f, abspath, size, first)
+        r = _Reader(f, abspath, size, _read_start(abspath, f, min(size, _CHUNK)))
         r.pos = 4
         version = r.u32("the version")
         _check_version(r, version)
@@ -731,239 +661,3 @@ def _check_version(r: _Reader, version: int) -> None:
     if version == 1:
         r.fail("GGUF version 1 is no longer supported (llama.cpp reads versions 2 and 3)", 4)
     r.fail(f"unsupported GGUF version {version} (versions 2 and 3 are supported)", 4)
-
-
-# --------------------------------------------------------------------------- model information
-
-# ggml type ids to names (ggml.h's ggml_type; gguf-py's GGMLQuantizationType).
-_GGML_TYPE_NAMES: dict[int, str] = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    6: "Q5_0",
-    7: "Q5_1",
-    8: "Q8_0",
-    9: "Q8_1",
-    10: "Q2_K",
-    11: "Q3_K",
-    12: "Q4_K",
-    13: "Q5_K",
-    14: "Q6_K",
-    15: "Q8_K",
-    16: "IQ2_XXS",
-    17: "IQ2_XS",
-    18: "IQ3_XXS",
-    19: "IQ1_S",
-    20: "IQ4_NL",
-    21: "IQ3_S",
-    22: "IQ2_S",
-    23: "IQ4_XS",
-    24: "I8",
-    25: "I16",
-    26: "I32",
-    27: "I64",
-    28: "F64",
-    29: "IQ1_M",
-    30: "BF16",
-    34: "TQ1_0",
-    35: "TQ2_0",
-    39: "MXFP4",
-    40: "NVFP4",
-    41: "Q1_0",
-    42: "Q2_0",
-}
-
-# llama_ftype (llama.h; gguf-py's LlamaFileType), the value of general.file_type, to
-# its name and the ggml type most of its tensors use (llama_ftype_get_default_type).
-_FILE_TYPES: dict[int, tuple[str, int]] = {
-    0: ("F32", 0),
-    1: ("F16", 1),
-    2: ("Q4_0", 2),
-    3: ("Q4_1", 3),
-    7: ("Q8_0", 8),
-    8: ("Q5_0", 6),
-    9: ("Q5_1", 7),
-    10: ("Q2_K", 10),
-    11: ("Q3_K_S", 11),
-    12: ("Q3_K_M", 11),
-    13: ("Q3_K_L", 11),
-    14: ("Q4_K_S", 12),
-    15: ("Q4_K_M", 12),
-    16: ("Q5_K_S", 13),
-    17: ("Q5_K_M", 13),
-    18: ("Q6_K", 14),
-    19: ("IQ2_XXS", 16),
-    20: ("IQ2_XS", 17),
-    21: ("Q2_K_S", 10),
-    22: ("IQ3_XS", 21),
-    23: ("IQ3_XXS", 18),
-    24: ("IQ1_S", 19),
-    25: ("IQ4_NL", 20),
-    26: ("IQ3_S", 21),
-    27: ("IQ3_M", 21),
-    28: ("IQ2_S", 17),
-    29: ("IQ2_M", 22),
-    30: ("IQ4_XS", 23),
-    31: ("IQ1_M", 29),
-    32: ("BF16", 30),
-    36: ("TQ1_0", 34),
-    37: ("TQ2_0", 35),
-    38: ("MXFP4_MOE", 39),
-    39: ("NVFP4", 40),
-    40: ("Q1_0", 41),
-    41: ("Q2_0", 42),
-}
-_FILE_TYPE_GUESSED = 1024  # LLAMA_FTYPE_GUESSED: a flag, not a type
-
-_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
-
-
-def split_name(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
-    """``(prefix, shard number from 1, shard count)`` if ``path`` is named like a
-    shard of a split model (``name-00001-of-00003.gguf``, llama.cpp's
-    ``llama_split_path`` format), else ``None``."""
-    match = _SPLIT_NAME.match(os.path.basename(os.fspath(path)))
-    if match is None:
-        return None
-    directory = os.path.dirname(os.fspath(path))
-    return os.path.join(directory, match["prefix"]), int(match["no"]), int(match["count"])
-
-
-def shard_path(prefix: str, number: int, count: int) -> str:
-    """The path of shard ``number`` (from 1) of ``count`` of a split model."""
-    return f"{prefix}-{number:05d}-of-{count:05d}.gguf"
-
-
-def type_bits(ggml_type: int) -> int | None:
-    """The nominal bits per weight of a ggml type (``Q4_K`` → 4, ``F16`` → 16), or ``None``."""
-    name = _GGML_TYPE_NAMES.get(ggml_type)
-    if name is None:
-        return None
-    if name.endswith("FP4"):
-        return 4
-    match = re.search(r"\d+", name)
-    return int(match.group()) if match else None
-
-
-def quantization_of(file_type: int | None, type_elements: Mapping[int, int]) -> tuple[str | None, int | None]:
-    """The quantisation name and the ggml type behind it.
-
-    From ``general.file_type`` when the file has a known one; otherwise the
-    ggml type that holds the most elements, by its ggml name (``"Q4_K"``).
-    """
-    if file_type is not None:
-        known = _FILE_TYPES.get(file_type & ~_FILE_TYPE_GUESSED)
-        if known is not None:
-            return known
-    if not type_elements:
-        return None, None
-    main = max(type_elements, key=lambda t: type_elements[t])
-    return _GGML_TYPE_NAMES.get(main, f"ggml type {main}"), main
-
-
-def size_label(parameter_count: int) -> str:
-    """A parameter count the way GGUF names models: ``"8.0B"``, ``"125M"``, ``"1.5K"``.
-
-    The same rounding as gguf-py's ``model_weight_count_rounded_notation``.
-    """
-    scale, suffix = next(((s, x) for s, x in ((1e12, "T"), (1e9, "B"), (1e6, "M")) if parameter_count > s), (1e3, "K"))
-    scaled = parameter_count / scale
-    digits = max(2 - len(str(round(scaled)).lstrip("0")), 0)
-    return f"{scaled:.{digits}f}{suffix}"
-
-
-def _size_label_or_none(parameter_count: int) -> str | None:
-    return size_label(parameter_count) if parameter_count else None
-
-
-def _arch_int(header: GGUFHeader, key: str) -> int | None:
-    arch = header.architecture
-    return _as_int(header.metadata.get(f"{arch}.{key}")) if arch is not None else None
-
-
-def _read_shards(first: GGUFHeader) -> list[GGUFHeader]:
-    """The headers of every shard of a split model whose first shard is ``first``."""
-    count = _as_int(first.get("split.count")) or 1
-    if count <= 1 or _as_int(first.get("split.no")) not in (0, None):
-        return [first]
-    parts = split_name(first.path)
-    if parts is None or parts[1] != 1 or parts[2] != count:
-        raise InvalidModelError(
-            f"model file {first.path!r} is shard 1 of a {count}-file split model but is not named "
-            f"like one (expected NAME-00001-of-{count:05d}.gguf)",
-            path=first.path,
-        )
-    headers = [first]
-    for number in range(2, count + 1):
-        path = shard_path(parts[0], number, count)
-        try:
-            header = read_gguf_header(path, max_string_bytes=256, max_array_items=0)
-        except ModelNotFoundError:
-            raise InvalidModelError(
-                f"split model {first.path!r}: shard {number} of {count} ({os.path.basename(path)}) is missing",
-                path=path,
-            ) from None
-        if _as_int(header.get("split.no")) != number - 1:
-            raise InvalidModelError(
-                f"split model {first.path!r}: {os.path.basename(path)} is not shard {number} of {count}",
-                path=path,
-            )
-        headers.append(header)
-    return headers
-
-
-def read_gguf_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """What the GGUF file at ``path`` says about its model, from its header only.
-
-    Reads the metadata and the tensor-info table (never tensor data: a
-    multi-GB file takes milliseconds). For the first shard of a split model
-    (``name-00001-of-00003.gguf``) the other shards' headers are read too:
-    ``file_size``, ``parameter_count`` and ``bits_per_weight`` cover the
-    whole model; a later shard given alone is described as it is (its own
-    tensors, none of the model's metadata). The result has ``context_len == 0`` (no server context
-    exists for a file that is not loaded; ``train_context_len`` is the
-    model's own) and ``parallel_slots == 1``.
-
-    Raises :class:`ModelNotFoundError` if ``path`` does not exist and
-    :class:`InvalidModelError` (with ``path`` and, where a byte was at fault,
-    ``offset``) if it, or a shard of it, is not a readable GGUF file.
-    """
-    header = read_gguf_header(path)
-    shards = _read_shards(header)
-    elements = sum(h.parameter_count for h in shards)
-    type_elements: dict[int, int] = {}
-    for h in shards:
-        for ggml_type, n in h.type_elements.items():
-            type_elements[ggml_type] = type_elements.get(ggml_type, 0) + n
-    tensor_bytes = sum(h.tensor_bytes for h in shards)
-    stated = _as_int(header.get("general.parameter_count"))
-    parameter_count = stated if stated else elements
-    label = header.get("general.size_label")
-    file_type = _as_int(header.get("general.file_type"))
-    quantization, main_type = quantization_of(file_type, type_elements)
-    block = _GGML_TYPE_SIZES.get(main_type) if main_type is not None else None
-    return ModelInfo(
-        path=header.path,
-        architecture=header.architecture,
-        name=header.name,
-        context_len=0,
-        train_context_len=header.context_length,
-        vocab_size=header.vocab_size,
-        file_size=sum(h.file_size for h in shards),
-        has_chat_template=header.has_chat_template,
-        size_label=label if isinstance(label, str) and label else _size_label_or_none(parameter_count),
-        parameter_count=parameter_count or None,
-        file_type=file_type,
-        quantization=quantization,
-        quant_bits=type_bits(main_type) if main_type is not None else None,
-        quant_group_size=block[0] if block is not None else None,
-        bits_per_weight=tensor_bytes * 8 / elements if elements and tensor_bytes else None,
-        layer_count=_arch_int(header, "block_count"),
-        embedding_size=_arch_int(header, "embedding_length"),
-        head_count=_arch_int(header, "attention.head_count"),
-        expert_count=_arch_int(header, "expert_count"),
-        tensor_count=sum(h.tensor_count for h in shards),
-        split_count=len(shards),
-        gguf_version=header.version,
-    )
