@@ -165,7 +165,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
     if model is None:
         return openai_error(404, f"the model {body.model!r} does not exist", "model_not_found")
     try:
-        stream = model.chat([{"role": m.role, "content": m.text()} for m in body.messages], body.config())
+        stream = model.chat([{"role": m.role, "content": m.text()} for m in body.messages], config=body.config())
     except (TypeError, ValueError) as exc:
         return openai_error(400, str(exc))
     if body.stream:

@@ -14,6 +14,7 @@ from .backend import (
     get_backend,
     list_backends,
     load_model,
+    locate_llama_server,
     register,
 )
 from .client import EventStream, LlamaServerClient
@@ -38,17 +39,22 @@ from .errors import (
 )
 from .gguf import read_gguf_info
 from .gpu import GpuInfo, VramInfo, gpus, vram_info
-from .model import ModelContext, TextModel, TokenStream, connect
-from .server import LlamaServer
+from .lifecycle import ModelContext, ServerModel
+from .model import TextModel, connect
+from .server import LlamaServer, ServerSpec
+from .stream import TokenStream
+from .tools import Tool
 from .types import (
     BatchResult,
     ClassifyResult,
+    Completion,
     GenerateMetrics,
     LoadProgress,
     Message,
     ModelInfo,
     Token,
     TokenLogprob,
+    ToolCall,
 )
 
 __version__ = "0.1.0"
@@ -61,6 +67,7 @@ __all__ = [
     "BatchResult",
     "BinaryNotFoundError",
     "ClassifyResult",
+    "Completion",
     "ContextLengthError",
     "EventLoopError",
     "EventStream",
@@ -86,12 +93,16 @@ __all__ = [
     "RocmInferError",
     "ServerError",
     "ServerExitedError",
+    "ServerModel",
+    "ServerSpec",
     "ServerStartError",
     "SkippedFile",
     "TextModel",
     "Token",
     "TokenLogprob",
     "TokenStream",
+    "Tool",
+    "ToolCall",
     "VramInfo",
     "__version__",
     "connect",
@@ -102,6 +113,7 @@ __all__ = [
     "gpus",
     "list_backends",
     "load_model",
+    "locate_llama_server",
     "read_gguf_info",
     "register",
     "vram_info",

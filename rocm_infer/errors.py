@@ -22,7 +22,9 @@ working::
     └── EventLoopError               (also RuntimeError) the model was used from another event loop
 
 Errors carry their context as attributes (``returncode``, ``output_tail``,
-``status``, ``url`` …) as well as in the message. No exception message or
+``status``, ``url`` …) as well as in the message. Where an error has a
+``message`` attribute, it is the error's own text: for an ``APIError`` the
+server's words, to which ``str()`` adds the type and status. No exception message or
 attribute ever contains the server's API key.
 """
 
@@ -67,18 +69,18 @@ class BinaryNotFoundError(RocmInferError):
 class ModelNotFoundError(RocmInferError, FileNotFoundError):
     """The model file (or the folder of models) does not exist.
 
-    ``path`` is what was looked for; ``message``, when given, replaces the
-    default ``model file not found: PATH``.
+    ``path`` is what was looked for; ``message`` the error's text (by
+    default ``model file not found: PATH``; a caller may pass its own).
     """
 
     def __init__(self, path: str, *, message: str | None = None) -> None:
         # FileNotFoundError(errno, strerror, filename) fills .filename for callers.
         super().__init__(2, "model file not found", path)
         self.path = path
-        self.message = message
+        self.message = message if message is not None else f"model file not found: {path!r}"
 
     def __str__(self) -> str:
-        return self.message or f"model file not found: {self.path!r}"
+        return self.message
 
 
 class InvalidModelError(RocmInferError, ValueError):
@@ -159,7 +161,8 @@ class APIError(RocmInferError):
     """llama-server answered a request with an error.
 
     ``status`` is the HTTP status (or ``None`` for an error sent inside a
-    stream), ``type`` llama-server's error type and ``message`` its text.
+    stream), ``type`` llama-server's error type and ``message`` its text
+    (``str()`` adds the type and status).
     """
 
     def __init__(
@@ -205,14 +208,18 @@ class ContextLengthError(APIError):
 
 
 class ProtocolError(RocmInferError):
-    """A response broke the SSE or JSON protocol (or ended too early).
+    """A response broke the SSE or JSON protocol (or ended too early), or held
+    something the SDK cannot use as the protocol promises (a tool call whose
+    arguments are not a JSON object).
 
-    ``url`` is the request's URL when known.
+    ``url`` is the request's URL when known; ``text`` the offending raw text
+    when there is one (the tool call's arguments, say).
     """
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str | None = None, text: str | None = None) -> None:
         super().__init__(message)
         self.url = url
+        self.text = text
 
 
 class APITimeoutError(RocmInferError, builtins.TimeoutError):

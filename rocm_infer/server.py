@@ -5,48 +5,47 @@
 picked, with a fresh random API key, and waits until GET /health answers
 ``{"status": "ok"}``. Its output is read all the time into a bounded tail
 (and the ``rocm_infer.server`` logger at DEBUG), so the pipe never fills and
-errors can say what llama-server printed last.
+errors can say what llama-server printed last. What it was started with is
+one frozen :class:`ServerSpec`; a respawn is a new server from the same spec.
 
 The API key reaches llama-server through its ``LLAMA_API_KEY`` environment
 variable rather than ``--api-key``: the effect is the same, but the key does
-not show in ``ps`` output, which every local user can read.
+not show in ``ps`` output, which every local user can read. Every other
+``LLAMA_ARG_*`` variable the parent inherited is dropped (see
+:func:`clean_environment`): llama-server reads them as command-line
+arguments, so a user's shell would otherwise silently change every server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import builtins
 import collections
 import contextlib
-import ctypes
-import functools
+import dataclasses
+import enum
 import logging
 import os
 import secrets
-import signal
 import socket
-import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from types import TracebackType
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
 
 import anyio
 
+from . import defaults, reaper
 from .client import JSON, LlamaServerClient
+from .defaults import HOST
 from .errors import APIConnectionError, APIError, ModelClosedError, RocmInferError, ServerStartError
-from .types import LoadProgress, LoadStage
+from .startup import StartupProgress, strip_log_prefix
+from .types import LoadProgress
 
-__all__ = ["LlamaServer", "strip_log_prefix"]
+__all__ = ["LlamaServer", "ServerSpec", "ServerState", "clean_environment", "free_port", "strip_log_prefix"]
 
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-
-# Lines llama-server prints when it is (nearly) ready: seeing one makes the
-# health check run at once instead of at the next poll.
-_READY_HINTS = (b"model loaded", b"listening on")
 # The line llama-server prints once it serves requests: its own ready moment (see listening_at).
 _LISTENING = b"listening on"
 # Longest wait, on stop, for slots to go idle before SIGTERM (see _wait_idle).
@@ -55,176 +54,38 @@ _IDLE_BEFORE_STOP = 1.0
 _MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
 _BIND_FAILED = "couldn't bind"
-# Log lines that start a start-up stage, in the order llama-server prints them.
-_STAGE_LINES: tuple[tuple[bytes, LoadStage], ...] = (
-    (b"loading model", "loading"),
-    (b"load_tensors:", "loading"),
-    (b"llama_context:", "initializing"),
-    (b"load_model: initializing", "initializing"),
-    (b"warming up", "initializing"),
-)
-_STAGE_ORDER: dict[LoadStage, int] = {"starting": 0, "loading": 1, "initializing": 2, "ready": 3}
 # Longest a single /health request may take during start-up before the next poll.
 _HEALTH_REQUEST_TIMEOUT = 5.0
 
-
-# Processes started and not yet reaped. If the interpreter exits with some still
-# running (a model never closed, a loop that ended first), an exit hook stops them.
-_running: set[int] = set()
-_exit_hook_installed = False
-_EXIT_GRACE = 1.0
-
-
-def _track(pid: int) -> None:
-    global _exit_hook_installed
-    if not _exit_hook_installed:  # installed on first use: no import-time side effects
-        atexit.register(_stop_all_at_exit)
-        _exit_hook_installed = True
-    _running.add(pid)
+# Environment variables llama-server reads as settings. Inherited ones are dropped
+# (LoadConfig.env sets them on purpose); the names dropped are logged once each.
+_SETTING_PREFIX = "LLAMA_ARG_"
+_API_KEY_VARIABLE = "LLAMA_API_KEY"
+_dropped_logged: set[str] = set()
 
 
-def _untrack(pid: int) -> None:
-    _running.discard(pid)
+def clean_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables llama-server reads as its settings.
 
-
-def _stop_all_at_exit() -> None:
-    """SIGTERM every llama-server still running, SIGKILL those alive after a grace period, reap all."""
-    pids = sorted(_running)
-    if not pids:
-        return
-    logger.warning("stopping llama-server pid(s) %s at exit: a model was not closed", pids)
-    _stop_pids(pids, reap=True)
-    _running.clear()
-
-
-def _stop_pids(pids: Collection[int], *, reap: bool) -> None:
-    """SIGTERM ``pids``, wait up to ``_EXIT_GRACE`` seconds for them to exit, SIGKILL the rest.
-
-    Synchronous, for where nothing can be awaited (the exit hook, a finalizer). With
-    ``reap`` the processes are reaped here; without it they are only waited for, and
-    left for asyncio's child watcher to reap and report as usual.
+    llama-server takes every ``LLAMA_ARG_*`` variable as a command-line
+    argument (``LLAMA_ARG_CTX_SIZE``, ``LLAMA_ARG_N_GPU_LAYERS`` …) and
+    ``LLAMA_API_KEY`` as its key, so an inherited one would silently change a
+    server the SDK configured. They are removed here, and the names (never the
+    values) are logged at INFO the first time each is dropped. Set them on
+    purpose with ``LoadConfig(env={...})``, which is applied after this.
     """
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    left = _wait_gone(pids, reap=reap)
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    _wait_gone(left, reap=reap)
-
-
-def _wait_gone(pids: Collection[int], *, reap: bool) -> set[int]:
-    """Wait up to ``_EXIT_GRACE`` seconds for ``pids`` to exit; those still running."""
-    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
-    deadline = time.monotonic() + _EXIT_GRACE
-    left = set(pids)
-    while left:
-        for pid in list(left):
-            try:
-                exited = os.waitid(os.P_PID, pid, flags) is not None
-            except ChildProcessError:  # reaped already (by asyncio's child watcher)
-                exited = True
-            if exited:
-                left.discard(pid)
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    return left
-
-
-# stop() tasks that stop_now() scheduled, kept referenced until they finish.
-_finishing: set[asyncio.Task[int | None]] = set()
-
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, on Linux; None elsewhere or if it cannot be found."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    return prctl
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel SIGKILL the child when this process dies.
-
-    Linux only (prctl PR_SET_PDEATHSIG): it covers what no exit hook can, a
-    parent killed with SIGKILL or crashing. Elsewhere None: a normal exit is
-    still covered by the exit hook, a killed parent is not.
-    """
-    prctl = _prctl()  # resolved here, in the parent, not after fork
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-class _ProcessActivity:
-    """Signs of life of a starting llama-server, read from ``/proc/<pid>`` (Linux).
-
-    llama-server prints nothing while it reads the weights, which for a big
-    model on a slow disk takes minutes; but its CPU time, its resident memory
-    and the bytes it has read all move while it works. A process whose
-    numbers stand still (and which prints nothing) is stalled. Elsewhere, or
-    if ``/proc`` cannot be read, :meth:`sample` returns None and only output
-    counts as activity.
-    """
-
-    __slots__ = ("_pid", "_available")
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self._available = os.path.isdir(f"/proc/{pid}")
-
-    def sample(self) -> tuple[tuple[int, ...], int] | None:
-        """(a signature that changes while the process works, bytes of files it has read or mapped)."""
-        if not self._available:
-            return None
-        try:
-            with open(f"/proc/{self._pid}/stat", "rb") as f:
-                # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-                fields = f.read().rsplit(b")", 1)[1].split()
-            cpu = int(fields[11]) + int(fields[12])
-            rss_file = rss_anon = 0
-            with open(f"/proc/{self._pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"RssFile:"):
-                        rss_file = int(line.split()[1]) * 1024
-                    elif line.startswith(b"RssAnon:"):
-                        rss_anon = int(line.split()[1]) * 1024
-            read_chars = 0
-            with contextlib.suppress(OSError), open(f"/proc/{self._pid}/io", "rb") as f:
-                for line in f:
-                    if line.startswith(b"rchar:"):
-                        read_chars = int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            self._available = False
-            return None
-        return (cpu, rss_file, rss_anon, read_chars), max(rss_file, read_chars)
-
-
-def strip_log_prefix(line: str) -> str:
-    """A llama-server log line without its time and level prefix:
-    ``0.00.004.392 I srv    load_model: loading model 'x'`` → ``load_model: loading model 'x'``."""
-    parts = line.split(None, 3)
-    if len(parts) == 4 and parts[0][:1].isdigit() and len(parts[1]) == 1:
-        return parts[3]
-    return line.strip()
+    dropped = sorted(k for k in environ if k.startswith(_SETTING_PREFIX) or k == _API_KEY_VARIABLE)
+    if not dropped:
+        return dict(environ)
+    new = [name for name in dropped if name not in _dropped_logged]
+    if new:
+        _dropped_logged.update(new)
+        logger.info(
+            "not passing %s from this environment to llama-server (it would read them as settings); "
+            "use LoadConfig(env={...}) to set them on purpose",
+            ", ".join(new),
+        )
+    return {k: v for k, v in environ.items() if k not in dropped}
 
 
 def free_port(host: str = HOST) -> int:
@@ -235,31 +96,82 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-class LlamaServer:
-    """One supervised llama-server process.
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """Everything a llama-server is started with; a respawn reuses it as it is.
 
     ``binary`` is the llama-server executable and ``args`` the arguments that
     describe the model (``-m``, ``-c`` …); the supervisor adds host, port and
     API key itself. ``env`` is the process's whole environment (``None``: this
-    process's environment).
+    process's, through :func:`clean_environment`). ``model_path``, when given,
+    is what the server's ``/props`` must name for the server that answers to
+    count as ours; ``model_size`` (bytes) lets progress report a fraction
+    while the weights load. The timeouts are in seconds (see
+    :class:`LlamaServer`); their defaults are :mod:`rocm_infer.defaults`.
+    """
+
+    binary: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = field(default=None, hash=False)
+    model_path: str | None = None
+    model_size: int | None = None
+    startup_timeout: float = defaults.STARTUP_TIMEOUT
+    max_startup_time: float = defaults.MAX_STARTUP_TIME
+    stop_timeout: float = defaults.STOP_TIMEOUT
+    health_interval: float = 0.1
+    start_attempts: int = defaults.START_ATTEMPTS
+    tail_lines: int = defaults.TAIL_LINES
+    idle_timeout: float | None = defaults.IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+        if self.env is not None:
+            object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    def environment(self, api_key: str) -> dict[str, str]:
+        """The child's environment: ``env`` (or a clean copy of ours) plus the API key."""
+        env = dict(self.env) if self.env is not None else clean_environment(os.environ)
+        env[_API_KEY_VARIABLE] = api_key
+        return env
+
+
+class ServerState(enum.Enum):
+    """Where a :class:`LlamaServer` is in its life."""
+
+    NEW = "not started"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"  # died on its own after it was ready
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+# Clean-ups that stop_now() scheduled, kept referenced until they finish.
+_finishing: set[asyncio.Task[None]] = set()
+
+
+class LlamaServer:
+    """One supervised llama-server process.
+
+    Made from a :class:`ServerSpec` (:meth:`from_spec`) or from its fields
+    (``LlamaServer(binary, args, startup_timeout=...)``).
 
     :meth:`start` raises :class:`~rocm_infer.errors.ServerStartError` (with
     ``returncode`` and ``output_tail``) if the process exits during start-up,
-    stalls, or takes too long, and leaves no process behind.
-    ``startup_timeout`` is a stall timeout: it counts seconds without any sign
-    of progress (a new output line, or on Linux CPU time, memory or bytes read
-    moving in ``/proc``), so a big model that loads for minutes is not killed
-    early while a hung binary is; ``max_startup_time`` caps the whole start-up
+    stalls, or takes too long, and leaves no process behind, also when the
+    calling task is cancelled at any point of it. ``startup_timeout`` is a
+    stall timeout: it counts seconds without any sign of progress (a new
+    output line, or on Linux CPU time, memory or bytes read moving in
+    ``/proc``), so a big model that loads for minutes is not killed early
+    while a hung binary is; ``max_startup_time`` caps the whole start-up
     regardless. ``on_progress`` is called with a
     :class:`~rocm_infer.types.LoadProgress` as start-up moves on (in the event
-    loop: it must not block; an exception it raises fails the start).
-    ``model_path``, when given, is what the server's ``/props`` must name
-    (``model_path``) for the server that answers to count as ours; with or
-    without it, ``/props`` must accept our API key. ``model_size`` (bytes)
-    lets progress report a fraction while the weights load. ``listening_at``
-    is the ``time.monotonic()`` at which the output drain read llama-server's
-    own "listening on" line (its ready moment; None before), so the time
-    start-up adds after it can be measured.
+    loop: it must not block; an exception it raises fails the start). With or
+    without ``model_path``, ``/props`` must accept our API key for the server
+    that answers to count as ours. ``listening_at`` is the
+    ``time.monotonic()`` at which the output drain read llama-server's own
+    "listening on" line (its ready moment; None before), so the time start-up
+    adds after it can be measured.
 
     When the process exits because its port was taken between our
     choosing it and its binding it, start() tries again on a fresh port (up to
@@ -267,64 +179,65 @@ class LlamaServer:
     flag) fails at once, since a retry would only fail the same way, slower.
     :meth:`stop` waits up to a second for busy slots to go idle, sends
     SIGTERM, waits ``stop_timeout`` seconds, then SIGKILL, and always reaps; it
-    is idempotent and finishes its work even if the calling task is cancelled.
+    is idempotent and finishes its work even if the calling task is cancelled,
+    twice.
     """
 
     def __init__(
         self,
         binary: str,
-        args: Sequence[str],
+        args: Sequence[str] = (),
         *,
-        env: Mapping[str, str] | None = None,
-        startup_timeout: float = 60.0,
-        max_startup_time: float = 1800.0,
-        stop_timeout: float = 5.0,
-        health_interval: float = 0.1,
-        start_attempts: int = 3,
-        tail_lines: int = 100,
-        idle_timeout: float | None = 120.0,
-        model_path: str | None = None,
-        model_size: int | None = None,
         on_progress: Callable[[LoadProgress], object] | None = None,
+        **settings: object,
     ) -> None:
-        self.binary = binary
-        self.args = tuple(args)
-        self._env = dict(env) if env is not None else None
-        self.startup_timeout = startup_timeout
-        self.max_startup_time = max_startup_time
-        self.model_path = model_path
-        self.model_size = model_size
+        self.spec = ServerSpec(binary, tuple(args), **settings)  # type: ignore[arg-type]
         self.on_progress = on_progress
-        self.stop_timeout = stop_timeout
-        self.health_interval = health_interval
-        self.start_attempts = start_attempts
-        self._idle_timeout = idle_timeout
-        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._state = ServerState.NEW
+        self._tail: collections.deque[str] = collections.deque(maxlen=self.spec.tail_lines)
         self._process: asyncio.subprocess.Process | None = None
         self._exit_task: asyncio.Task[int] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set by output that makes a /health poll worthwhile
         self._client: LlamaServerClient | None = None
         self._api_key = secrets.token_urlsafe(32)
+        self._progress = StartupProgress(self.spec.model_size, on_progress)
         self.port: int | None = None
         self.props: JSON | None = None  # /props, read when start-up checked the server is ours
         # time.monotonic() when the output drain read llama-server's "listening on" line.
         self.listening_at: float | None = None
-        self._stopping = False
-        self._stopped = False
-        # Start-up progress, fed by _drain (output lines) and _wait_healthy (/proc).
-        self._launched = 0.0
-        self._last_activity = 0.0
-        self._stage: LoadStage = "starting"
-        self._stage_line = ""
-        self._fraction: float | None = None
-        self._reported: tuple[LoadStage, float | None] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: ServerSpec, *, on_progress: Callable[[LoadProgress], object] | None = None) -> LlamaServer:
+        """A new, unstarted server for ``spec``."""
+        return cls(spec.binary, spec.args, on_progress=on_progress, **_spec_settings(spec))
+
+    def respawn(self) -> LlamaServer:
+        """A new, unstarted LlamaServer from this one's spec; it gets its own
+        port and API key when started."""
+        return LlamaServer.from_spec(self.spec, on_progress=self.on_progress)
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped else f"pid={self.pid}" if self._process else "not started"
-        return f"LlamaServer({os.path.basename(self.binary)!r}, port={self.port}, {state})"
+        where = f"pid={self.pid}, " if self._process is not None else ""
+        return f"LlamaServer({os.path.basename(self.spec.binary)!r}, port={self.port}, {where}{self._state.value})"
 
     # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def binary(self) -> str:
+        return self.spec.binary
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return self.spec.args
+
+    @property
+    def model_path(self) -> str | None:
+        return self.spec.model_path
 
     @property
     def pid(self) -> int | None:
@@ -337,7 +250,7 @@ class LlamaServer:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None and not self._stopped
+        return self._state is ServerState.RUNNING and self.returncode is None
 
     @property
     def base_url(self) -> str:
@@ -361,7 +274,6 @@ class LlamaServer:
         """Wait up to ``within`` seconds for the process to end; its exit status or None."""
         if self._exit_task is None:
             return None
-        # builtins.TimeoutError: what wait_for raises (the SDK's APITimeoutError is only a subclass of it).
         with contextlib.suppress(builtins.TimeoutError):
             return await asyncio.wait_for(asyncio.shield(self._exit_task), within)
         return None
@@ -370,22 +282,24 @@ class LlamaServer:
 
     async def start(self) -> None:
         """Start llama-server and return once it is healthy and ours. See the class docs."""
-        if self._process is not None:
+        if self._state is not ServerState.NEW:
             raise RuntimeError("LlamaServer.start() was already called")
+        self._state = ServerState.STARTING
         began = time.monotonic()
         try:
-            for attempt in range(1, self.start_attempts + 1):
+            for attempt in range(1, self.spec.start_attempts + 1):
                 await self._spawn()
                 try:
-                    await self._wait_healthy(began + self.max_startup_time)
+                    await self._wait_healthy(began + self.spec.max_startup_time)
                 except ServerStartError as exc:
-                    if attempt < self.start_attempts and _BIND_FAILED in exc.output_tail:
+                    if attempt < self.spec.start_attempts and _BIND_FAILED in exc.output_tail:
                         logger.info("llama-server could not bind port %s; retrying on a fresh port", self.port)
                         await self._reset()
                         continue
                     raise
-                self._set_stage("ready", "healthy")
-                self._report_progress()
+                self._state = ServerState.RUNNING
+                self._progress.set_stage("ready", "healthy")
+                self._progress.report()
                 logger.info(
                     "llama-server pid %d ready on port %d in %.2fs", self.pid, self.port, time.monotonic() - began
                 )
@@ -394,71 +308,45 @@ class LlamaServer:
             await self.stop()
             raise
 
-    def respawn(self) -> LlamaServer:
-        """A new, unstarted LlamaServer with this one's binary, arguments and
-        settings; it gets its own port and API key when started."""
-        return LlamaServer(
-            self.binary,
-            self.args,
-            env=self._env,
-            startup_timeout=self.startup_timeout,
-            max_startup_time=self.max_startup_time,
-            stop_timeout=self.stop_timeout,
-            health_interval=self.health_interval,
-            start_attempts=self.start_attempts,
-            tail_lines=self._tail.maxlen or 100,
-            idle_timeout=self._idle_timeout,
-            model_path=self.model_path,
-            model_size=self.model_size,
-            on_progress=self.on_progress,
-        )
-
     async def _spawn(self) -> None:
         self.port = free_port()
-        env = dict(self._env if self._env is not None else os.environ)
-        env["LLAMA_API_KEY"] = self._api_key
-        argv = [*self.args, "--host", HOST, "--port", str(self.port)]
-        self._launched = self._last_activity = time.monotonic()
-        self._stage, self._stage_line, self._fraction, self._reported = "starting", "", None, None
+        argv = [*self.spec.args, "--host", HOST, "--port", str(self.port)]
+        self._progress.begin()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                self.binary,
+                self.spec.binary,
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent(),
+                env=self.spec.environment(self._api_key),
+                preexec_fn=reaper.die_with_parent(),
             )
         except OSError as exc:
-            raise ServerStartError(f"could not run llama-server {self.binary!r}: {exc}") from exc
-        logger.info("started llama-server pid %d on %s:%d", self._process.pid, HOST, self.port)
-        logger.debug("llama-server argv: %s %s", self.binary, " ".join(argv))
+            raise ServerStartError(f"could not run llama-server {self.spec.binary!r}: {exc}") from exc
+        pid = self._process.pid
+        reaper.track(pid)
+        self._progress.begin(pid)
+        logger.info("started llama-server pid %d on %s:%d", pid, HOST, self.port)
+        logger.debug("llama-server argv: %s %s", self.spec.binary, " ".join(argv))
         self._wake.clear()
         assert self._process.stdout is not None
-        self._drain_task = asyncio.create_task(self._drain(self._process.stdout, self._process.pid))
+        self._drain_task = asyncio.create_task(self._drain(self._process.stdout, pid))
         self._exit_task = asyncio.create_task(self._process.wait())
         self._exit_task.add_done_callback(self._on_exit)
-        _track(self._process.pid)
-        self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self._idle_timeout)
+        self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self.spec.idle_timeout)
 
     async def _wait_healthy(self, hard_deadline: float) -> None:
-        assert self._exit_task is not None and self._client is not None and self._process is not None
-        activity = _ProcessActivity(self._process.pid)
-        signature: tuple[int, ...] | None = None
+        assert self._exit_task is not None and self._client is not None
+        progress = self._progress
+        startup_timeout = self.spec.startup_timeout
         last_status = "no answer yet"
         while True:
             if self._exit_task.done():
                 raise await self._start_error("llama-server exited during start-up")
-            sample = activity.sample()
-            if sample is not None:
-                if sample[0] != signature:
-                    signature = sample[0]
-                    self._last_activity = time.monotonic()
-                if self._stage == "loading" and self.model_size:
-                    self._fraction = max(self._fraction or 0.0, min(sample[1] / self.model_size, 1.0))
-            self._report_progress()
-            deadline = min(self._last_activity + self.startup_timeout, hard_deadline)
+            progress.sample()
+            progress.report()
+            deadline = min(progress.last_activity + startup_timeout, hard_deadline)
             try:
                 # A server that accepts but never answers must not outlast the deadline.
                 async with asyncio.timeout(max(min(deadline - time.monotonic(), _HEALTH_REQUEST_TIMEOUT), 0.01)):
@@ -479,19 +367,19 @@ class LlamaServer:
             except builtins.TimeoutError:  # also the SDK's own APITimeoutError
                 last_status = "/health did not answer"
             now = time.monotonic()
-            deadline = min(self._last_activity + self.startup_timeout, hard_deadline)
+            deadline = min(progress.last_activity + startup_timeout, hard_deadline)
             if now >= deadline:
                 if now >= hard_deadline:
-                    why = f"within max_startup_time={self.max_startup_time:g}s"
+                    why = f"within max_startup_time={self.spec.max_startup_time:g}s"
                 else:
-                    why = f"within {self.startup_timeout:g}s of its last sign of progress"
+                    why = f"within {startup_timeout:g}s of its last sign of progress"
                 raise await self._start_error(f"llama-server did not become healthy {why} (last: {last_status})")
             # Sleep until the next poll, the process exiting, or a line that makes a poll worthwhile.
             wake = asyncio.ensure_future(self._wake.wait())
             try:
                 await asyncio.wait(
                     {self._exit_task, wake},
-                    timeout=min(self.health_interval, deadline - now),
+                    timeout=min(self.spec.health_interval, deadline - now),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -512,29 +400,10 @@ class LlamaServer:
             if exc.status in (401, 403):
                 return f"the server on port {self.port} rejects our API key: it is not ours"
             raise
-        if self.model_path is not None and props.get("model_path") != self.model_path:
+        if self.spec.model_path is not None and props.get("model_path") != self.spec.model_path:
             return f"the server on port {self.port} serves {props.get('model_path')!r}: it is not ours"
         self.props = props
         return None
-
-    def _set_stage(self, stage: LoadStage, line: str) -> bool:
-        """Move on to ``stage`` if it is later than the current one; whether it moved."""
-        if _STAGE_ORDER[stage] <= _STAGE_ORDER[self._stage]:
-            return False
-        self._stage, self._stage_line = stage, line
-        if stage in ("initializing", "ready") and self.model_size:
-            self._fraction = 1.0  # the weights are read
-        return True
-
-    def _report_progress(self) -> None:
-        """Call on_progress if the stage or the fraction (to 1%) moved since the last call."""
-        if self.on_progress is None:
-            return
-        fraction = None if self._fraction is None else round(self._fraction, 2)
-        if (self._stage, fraction) == self._reported:
-            return
-        self._reported = (self._stage, fraction)
-        self.on_progress(LoadProgress(self._stage, fraction, time.monotonic() - self._launched, self._stage_line))
 
     async def _start_error(self, message: str) -> ServerStartError:
         """Stop the process and build the error, with its exit code and last output."""
@@ -564,6 +433,7 @@ class LlamaServer:
         partial = b""
         overlong = False  # inside a line already cut: drop bytes until its end
         debug = logger.isEnabledFor(logging.DEBUG)
+        progress = self._progress
         while True:
             chunk = await stream.read(65536)
             if not chunk:
@@ -585,37 +455,25 @@ class LlamaServer:
                 if self.listening_at is None and _LISTENING in raw:
                     # Also after start-up: the health check can finish before this line is read.
                     self.listening_at = time.monotonic()
-                if self._stage != "ready":
-                    self._on_startup_line(raw, line)
+                if not progress.ready and progress.on_line(raw, line):
+                    self._wake.set()
                 self._tail.append(line)
                 if debug:
                     logger.debug("llama-server[%d]: %s", pid, line)
         if partial and not overlong:
             self._tail.append(partial[:_MAX_TAIL_LINE].decode("utf-8", "replace"))
 
-    def _on_startup_line(self, raw: bytes, line: str) -> None:
-        """A line printed during start-up: a sign of progress, maybe a new stage or a ready hint."""
-        self._last_activity = time.monotonic()
-        for marker, stage in _STAGE_LINES:
-            if marker in raw:
-                if self._set_stage(stage, strip_log_prefix(line)):
-                    self._wake.set()
-                break
-        if any(hint in raw for hint in _READY_HINTS):
-            self._wake.set()
-
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if task.cancelled():  # the loop is ending, not the process: it stays tracked
             return
         if self._process is not None:
-            _untrack(self._process.pid)
-        if self._stopping:
-            return
-        if self._stage != "ready":
+            reaper.untrack(self._process.pid)
+        if self._state is ServerState.STARTING:
             # start() reports it, with the exit code and output, as a ServerStartError.
             logger.info("llama-server pid %s exited during start-up with code %s", self.pid, task.result())
-            return
-        logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
+        elif self._state is ServerState.RUNNING:
+            self._state = ServerState.EXITED
+            logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
 
     # -- stop ------------------------------------------------------------------------------------
 
@@ -624,16 +482,15 @@ class LlamaServer:
         process = self._process
         if process is None:
             return
-        self._stopping = True
         try:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
                 try:
-                    await asyncio.wait_for(process.wait(), self.stop_timeout)
+                    await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
                 except builtins.TimeoutError:
                     logger.warning(
-                        "llama-server pid %d ignored SIGTERM for %gs; killing it", process.pid, self.stop_timeout
+                        "llama-server pid %d ignored SIGTERM for %gs; killing it", process.pid, self.spec.stop_timeout
                     )
         finally:
             if process.returncode is None:
@@ -641,7 +498,7 @@ class LlamaServer:
                     process.kill()
             with anyio.CancelScope(shield=True):
                 await process.wait()
-                _untrack(process.pid)
+                reaper.untrack(process.pid)
                 if self._drain_task is not None:
                     # The pipe reaches EOF once the process is gone; bound it in case a
                     # grandchild kept the pipe open.
@@ -673,44 +530,54 @@ class LlamaServer:
 
         For where nothing can be awaited: a finalizer (a
         :class:`~rocm_infer.model.TextModel` dropped without being closed).
-        Called in a running event loop, it also schedules :meth:`stop` there
-        to reap the process and close the HTTP client; elsewhere the client
-        is left as it is. ``why`` starts the warning it logs. Use ``await
-        stop()`` wherever you can.
+        Called in a running event loop, it also schedules the rest of
+        :meth:`stop` there (reap the process, close the HTTP client);
+        elsewhere the client is left as it is. ``why`` starts the warning it
+        logs. Use ``await stop()`` wherever you can.
         """
         process = self._process
-        if process is None or self._stopped or process.returncode is not None or process.pid not in _running:
+        if (
+            process is None
+            or self._state in (ServerState.STOPPING, ServerState.STOPPED)
+            or process.returncode is not None
+            or not reaper.tracked(process.pid)
+        ):
             return  # (untracked: reaped already, by the exit hook or the loop; the pid may be reused)
-        self._stopping = True  # this exit is expected: _on_exit must not warn about it
+        self._state = ServerState.STOPPING  # this exit is expected: _on_exit must not warn about it
         logger.warning("%s: stopping its llama-server pid %d", why, process.pid)
-        _stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
-        _untrack(process.pid)  # gone: the exit hook must never signal this pid (it may be reused)
+        reaper.stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
+        reaper.untrack(process.pid)  # gone: the exit hook must never signal this pid (it may be reused)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         if self._exit_task is not None and self._exit_task.get_loop() is loop:
-            task = loop.create_task(self.stop())
+            task = loop.create_task(self._finish_stop())
             _finishing.add(task)
             task.add_done_callback(_finishing.discard)
 
     async def stop(self) -> int | None:
         """Stop llama-server (see the class docs) and return its exit status. Idempotent."""
-        if self._stopped:
+        if self._state in (ServerState.STOPPING, ServerState.STOPPED):
             return self.returncode
-        self._stopped = True
+        self._state = ServerState.STOPPING
         try:
-            try:
-                await self._wait_idle(_IDLE_BEFORE_STOP)
-            finally:
-                await self._terminate()  # also when cancelled while waiting
+            await self._wait_idle(_IDLE_BEFORE_STOP)
+        finally:
+            await self._finish_stop()  # also when cancelled while waiting
+        if self._process is not None:
+            logger.info("llama-server pid %d stopped (exit code %s)", self._process.pid, self._process.returncode)
+        return self.returncode
+
+    async def _finish_stop(self) -> None:
+        """Terminate and reap the process, close the client: stop() after the idle wait."""
+        try:
+            await self._terminate()
         finally:
             if self._client is not None:
                 with anyio.CancelScope(shield=True):
                     await self._client.aclose()
-        if self._process is not None:
-            logger.info("llama-server pid %d stopped (exit code %s)", self._process.pid, self._process.returncode)
-        return self.returncode
+            self._state = ServerState.STOPPED
 
     async def __aenter__(self) -> LlamaServer:
         await self.start()
@@ -720,3 +587,8 @@ class LlamaServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _spec_settings(spec: ServerSpec) -> dict[str, object]:
+    """The spec's fields other than binary and args, as LlamaServer's keyword arguments."""
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("binary", "args")}

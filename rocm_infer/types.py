@@ -6,14 +6,16 @@ hashable, and safe to share between tasks.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 __all__ = [
     "BatchResult",
     "ClassifyResult",
+    "Completion",
     "FinishReason",
     "GenerateMetrics",
     "LoadProgress",
@@ -21,17 +23,20 @@ __all__ = [
     "Message",
     "ModelInfo",
     "Token",
+    "TokenKind",
     "TokenLogprob",
+    "ToolCall",
     "format_bytes",
 ]
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled", "error"]
+TokenKind = Literal["content", "reasoning", "tool_call"]
 LoadStage = Literal["starting", "loading", "initializing", "ready"]
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Token:
     """One generated token.
 
@@ -41,38 +46,192 @@ class Token:
     and more than one piece when held-back text is released. A token whose
     piece ends inside a multi-byte UTF-8 character is not reported on its own
     (llama-server sends nothing for it); its bytes arrive with the next token.
-    Joining the ``text`` of every token always gives the exact output.
+    Joining the ``text`` of every token of one ``kind`` gives that part of the
+    output exactly.
+
+    ``kind`` says which part of a chat reply the text belongs to:
+    ``"content"`` (the answer; every token of ``generate``), ``"reasoning"``
+    (a thinking model's reasoning, which llama-server splits off), or
+    ``"tool_call"`` (the JSON arguments of a tool call as they stream).
+    ``logprob`` and ``top_logprobs`` are filled when logprobs were asked
+    for (``logprobs=N``): the chosen token's log-probability and the ``N``
+    most likely candidates.
+
+    In a chat reply, markup the server's parser consumes (``<think>``,
+    ``<tool_call>``) yields no token; text it releases only at the end, with no
+    token of its own (a tool call parsed once complete), has ``id`` -1.
     """
 
     id: int
     text: str
+    kind: TokenKind
+    logprob: float | None
+    top_logprobs: tuple[TokenLogprob, ...]
+
+    # Made once per token on the hot path: setting the slots through their
+    # descriptors costs about half of what a frozen dataclass's own __init__
+    # does (which goes through object.__setattr__ for every field).
+    def __init__(
+        self,
+        id: int,
+        text: str,
+        kind: TokenKind = "content",
+        logprob: float | None = None,
+        top_logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> None:
+        _set_id(self, id)
+        _set_text(self, text)
+        _set_kind(self, kind)
+        _set_logprob(self, logprob)
+        _set_top_logprobs(self, top_logprobs)
+
+    def __repr__(self) -> str:
+        extra = f", kind={self.kind!r}" if self.kind != "content" else ""
+        if self.logprob is not None:
+            extra += f", logprob={self.logprob:.4g}"
+        if self.top_logprobs:
+            extra += f", top_logprobs=<{len(self.top_logprobs)}>"
+        return f"Token(id={self.id}, text={self.text!r}{extra})"
+
+
+_set_id = Token.__dict__["id"].__set__
+_set_text = Token.__dict__["text"].__set__
+_set_kind = Token.__dict__["kind"].__set__
+_set_logprob = Token.__dict__["logprob"].__set__
+_set_top_logprobs = Token.__dict__["top_logprobs"].__set__
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call the model made: which tool, with what arguments.
+
+    ``id`` is the call's id (a tool message answers it with ``tool_call_id``),
+    ``name`` the tool's name and ``arguments`` the parsed JSON object;
+    ``arguments_json`` is the raw JSON text the model wrote.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
+    arguments_json: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a tool call needs a tool name, got {self.name!r}")
+        if not isinstance(self.arguments, dict):
+            raise TypeError(f"tool call arguments must be a dict, not {type(self.arguments).__name__}")
+        if not self.arguments_json:
+            object.__setattr__(self, "arguments_json", json.dumps(self.arguments))
+
+    def to_openai(self) -> dict[str, Any]:
+        """This call in OpenAI's shape (``{"id", "type": "function", "function": {...}}``)."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments_json}}
+
+    @classmethod
+    def coerce(cls, value: ToolCall | Mapping[str, Any]) -> ToolCall:
+        """Accept a ToolCall or an OpenAI-shaped tool call mapping; raise otherwise."""
+        if isinstance(value, ToolCall):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a tool call must be a ToolCall or a mapping, not {type(value).__name__}")
+        function = value.get("function")
+        if not isinstance(function, Mapping):
+            raise ValueError(f"a tool call mapping needs a 'function' object, got {value!r}")
+        raw = function.get("arguments", "{}")
+        if isinstance(raw, Mapping):
+            arguments, text = dict(raw), json.dumps(raw)
+        elif isinstance(raw, str):
+            try:
+                arguments = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                raise ValueError(f"tool call arguments are not valid JSON: {raw!r}") from None
+            if not isinstance(arguments, dict):
+                raise ValueError(f"tool call arguments must be a JSON object, got {raw!r}")
+            text = raw
+        else:
+            raise TypeError(f"tool call arguments must be a JSON string or a mapping, not {type(raw).__name__}")
+        return cls(str(value.get("id") or ""), function.get("name"), arguments, text)  # type: ignore[arg-type]
+
+
+_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name", "reasoning", "reasoning_content"})
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message. ``role`` is one of system, user, assistant, tool, developer."""
+    """One chat message.
+
+    ``role`` is one of system, user, assistant, tool, developer. An assistant
+    message may carry the ``tool_calls`` it made and the ``reasoning`` it
+    showed; a tool message answers the call ``tool_call_id`` (``name``: the
+    tool's name) with its result as ``content``. ``content`` may be ``""``
+    for an assistant message that only calls tools.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    reasoning: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or self.role not in ROLES:
             raise ValueError(f"invalid message role {self.role!r}: expected one of {sorted(ROLES)}")
         if not isinstance(self.content, str):
             raise TypeError(f"message content must be str, not {type(self.content).__name__}")
+        calls = tuple(ToolCall.coerce(c) for c in self.tool_calls)
+        if calls and self.role != "assistant":
+            raise ValueError(f"only an assistant message has tool_calls, not a {self.role!r} message")
+        object.__setattr__(self, "tool_calls", calls)
+        for name in ("tool_call_id", "name", "reasoning"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"message {name} must be str, not {type(value).__name__}")
+
+    def to_openai(self) -> dict[str, Any]:
+        """This message in OpenAI's shape, as llama-server's chat endpoint takes it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        if self.reasoning:
+            out["reasoning_content"] = self.reasoning
+        return out
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, object]) -> Message:
-        """Accept a Message or a ``{"role", "content"}`` mapping; raise otherwise."""
+        """Accept a Message or an OpenAI-shaped message mapping; raise otherwise.
+
+        The mapping's keys are ``role`` and ``content`` and, where they apply,
+        ``tool_calls`` (OpenAI's shape), ``tool_call_id``, ``name`` and
+        ``reasoning_content`` (or ``reasoning``). An assistant message that
+        only calls tools may have ``content: None``.
+        """
         if isinstance(value, Message):
             return value
         if isinstance(value, Mapping):
-            unknown = set(value) - {"role", "content"}
+            unknown = set(value) - _MESSAGE_KEYS
             if unknown:
-                raise ValueError(f"unknown message keys {sorted(unknown)}: expected 'role' and 'content'")
-            if "role" not in value or "content" not in value:
+                raise ValueError(f"unknown message keys {sorted(unknown)}: expected some of {sorted(_MESSAGE_KEYS)}")
+            if "role" not in value or ("content" not in value and "tool_calls" not in value):
                 raise ValueError(f"a message needs 'role' and 'content', got keys {sorted(value)}")
-            return cls(value["role"], value["content"])  # type: ignore[arg-type]
+            content = value.get("content")
+            if content is None and value.get("role") == "assistant" and value.get("tool_calls"):
+                content = ""
+            calls = value.get("tool_calls") or ()
+            if not isinstance(calls, list | tuple):
+                raise TypeError(f"tool_calls must be a list, not {type(calls).__name__}")
+            return cls(
+                value["role"],  # type: ignore[arg-type]
+                content,  # type: ignore[arg-type]
+                tool_calls=tuple(calls),
+                tool_call_id=value.get("tool_call_id"),  # type: ignore[arg-type]
+                name=value.get("name"),  # type: ignore[arg-type]
+                reasoning=value.get("reasoning_content", value.get("reasoning")),  # type: ignore[arg-type]
+            )
         raise TypeError(f"a message must be a Message or a mapping, not {type(value).__name__}")
 
 
@@ -142,6 +301,13 @@ class ModelInfo:
     * ``layer_count``, ``embedding_size``, ``head_count``, ``expert_count``:
       ``<arch>.block_count``, ``.embedding_length``, ``.attention.head_count``,
       ``.expert_count``; ``None`` when the file lacks them.
+    * ``chat_capabilities`` (a loaded model): what llama-server found its chat
+      template can do, from ``/props`` ``chat_template_caps`` without the
+      ``supports_`` prefix: ``"tools"``, ``"tool_calls"``,
+      ``"parallel_tool_calls"``, ``"system_role"``, ``"reasoning_effort"`` …
+    * ``modalities`` (a loaded model): the inputs it takes: ``"text"``, and
+      ``"vision"`` / ``"audio"`` / ``"video"`` when its projector provides
+      them; empty for a file that is not loaded.
     """
 
     path: str | None
@@ -167,6 +333,8 @@ class ModelInfo:
     tensor_count: int | None = None
     split_count: int = 1
     gguf_version: int | None = None
+    chat_capabilities: frozenset[str] = frozenset()
+    modalities: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         name = self.name or (os.path.basename(self.path) if self.path else None)
@@ -242,3 +410,37 @@ class LoadProgress:
     fraction: float | None
     elapsed: float
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Everything one generation produced: what ``await model.generate(...)`` and
+    ``await model.chat(...)`` return.
+
+    ``text`` is the content (the answer), ``reasoning`` a thinking model's
+    reasoning (``""`` if none), ``tool_calls`` the complete tool calls of a
+    chat reply, ``finish_reason`` why it ended (``"stop"``, ``"length"``,
+    ``"tool_calls"``), ``tokens`` every token in order, ``metrics`` the
+    server's figures and ``message`` the assistant Message to append to the
+    history.
+    """
+
+    text: str
+    reasoning: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: FinishReason
+    tokens: tuple[Token, ...]
+    metrics: GenerateMetrics
+    message: Message
+
+    def __repr__(self) -> str:
+        calls = f", tool_calls={[c.name for c in self.tool_calls]}" if self.tool_calls else ""
+        reasoning = f", reasoning={_short(self.reasoning)}" if self.reasoning else ""
+        return (
+            f"Completion(text={_short(self.text)}{reasoning}{calls}, finish_reason={self.finish_reason!r}, "
+            f"tokens={len(self.tokens)})"
+        )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

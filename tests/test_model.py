@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,18 @@ from rocm_infer import (
 
 pytestmark = pytest.mark.integration
 
-# Long enough that a generation which is not stopped keeps the slot busy for seconds.
-LONG = {"max_tokens": 6000, "ignore_eos": True}
+# A generation that cannot end by itself within any wait of these tests: 8,000 tokens (ignore_eos)
+# in a slot of 8,192 (long_model), seconds of work for this model even on a fast machine. Whether
+# closing its stream stopped it is read from llama-server's own log, not only from the clock.
+LONG_TOKENS = 8000
+LONG = {"max_tokens": LONG_TOKENS, "ignore_eos": True}
+
+
+@pytest.fixture
+async def long_model(tiny_model_path: Path, no_leaked_servers: None) -> AsyncIterator[TextModel]:
+    """A TextModel with 2 slots of 8,192 tokens each (the model's trained context): room for LONG."""
+    async with rocm_infer.load_model(tiny_model_path, parallel_slots=2, context_len=16384) as m:
+        yield m
 
 
 async def busy_slots(model: TextModel) -> list[int]:
@@ -43,6 +55,26 @@ async def wait_all_idle(model: TextModel, within: float = 0.5) -> float:
         assert time.perf_counter() - started < within, f"a slot is still busy after {within}s"
         await asyncio.sleep(0.005)
     return time.perf_counter() - started
+
+
+async def tokens_at_release(model: TextModel, task: int) -> int:
+    """The tokens in the slot (prompt and generated) when llama-server released ``task``, from its log."""
+    assert model.server is not None
+    released = re.compile(rf"\btask {task} \| stop processing: n_tokens = (\d+)")
+    async with asyncio.timeout(5):  # the line may still be on its way through the output pipe
+        while (found := released.search(model.server.output_tail)) is None:
+            await asyncio.sleep(0.01)
+    return int(found.group(1))
+
+
+async def assert_stopped_early(model: TextModel) -> None:
+    """The last generation the server ran was stopped when its stream was closed: every slot is idle
+    within 0.5 s, and llama-server's log shows that generation released far below its LONG_TOKENS
+    (a generation nobody stopped is released at LONG_TOKENS, however fast the machine)."""
+    await wait_all_idle(model)
+    task = max(slot["id_task"] for slot in await model.client.slots() if "id_task" in slot)
+    released = await tokens_at_release(model, task)
+    assert released < LONG_TOKENS // 2, f"llama-server went on generating: {released} tokens at release"
 
 
 async def wait_busy(model: TextModel) -> None:
@@ -95,18 +127,19 @@ async def test_stop_string_ends_the_generation_before_it(model: TextModel) -> No
     assert text == reference[:cut]
 
 
-async def test_stop_tokens_end_the_stream_and_free_the_slot(model: TextModel) -> None:
+async def test_stop_tokens_end_the_stream_and_free_the_slot(long_model: TextModel) -> None:
+    model = long_model
     reference = [t async for t in model.generate("a dog ran", max_tokens=40, ignore_eos=True)]
     stop_id = reference[6].id
     expected = reference[: [t.id for t in reference].index(stop_id)]
 
-    stream = model.generate("a dog ran", max_tokens=6000, ignore_eos=True, stop_tokens={stop_id})
+    stream = model.generate("a dog ran", **LONG, stop_tokens={stop_id})
     tokens = [t async for t in stream]
 
     assert tokens == expected
     assert stream.finish_reason == "stop"
     assert stream.metrics is not None and stream.metrics.generated_tokens >= len(expected)
-    await wait_all_idle(model)
+    await assert_stopped_early(model)
 
 
 async def test_unicode_prompt_and_output_round_trip(model: TextModel) -> None:
@@ -123,7 +156,8 @@ async def test_context_length_error_carries_the_limits(tiny_model_path: Path, no
         assert info.value.context_len == 256
         assert info.value.prompt_tokens is not None and info.value.prompt_tokens > 256
         assert isinstance(info.value, APIError) and info.value.status == 400
-        assert model.err is info.value
+        # A failed request is that request's error: the model stays usable, and says so.
+        assert model.err is None
         # The model is still usable afterwards.
         assert await model.generate("the cat", max_tokens=3).collect()
 
@@ -181,7 +215,8 @@ async def test_generate_rejects_bad_input_before_any_request(model: TextModel) -
 # -- cancellation -----------------------------------------------------------------------------------
 
 
-async def test_break_out_of_loop_frees_the_slot_and_model_keeps_working(model: TextModel) -> None:
+async def test_break_out_of_loop_frees_the_slot_and_model_keeps_working(long_model: TextModel) -> None:
+    model = long_model
     async with model.generate("tell me a story", **LONG) as stream:
         count = 0
         async for _ in stream:
@@ -190,11 +225,12 @@ async def test_break_out_of_loop_frees_the_slot_and_model_keeps_working(model: T
                 break
     assert stream.finish_reason == "cancelled"
     assert stream.metrics is not None and stream.metrics.generated_tokens == 5
-    await wait_all_idle(model)
+    await assert_stopped_early(model)
     assert len([t async for t in model.generate("again", max_tokens=4, ignore_eos=True)]) == 4
 
 
-async def test_cancelling_the_task_frees_the_slot_and_reraises(model: TextModel) -> None:
+async def test_cancelling_the_task_frees_the_slot_and_reraises(long_model: TextModel) -> None:
+    model = long_model
     started = asyncio.Event()
     stream = model.generate("tell me a story", **LONG)
 
@@ -208,37 +244,38 @@ async def test_cancelling_the_task_frees_the_slot_and_reraises(model: TextModel)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stream.finish_reason == "cancelled"
-    await wait_all_idle(model)
+    await assert_stopped_early(model)
 
 
-async def test_aclose_mid_stream_frees_the_slot(model: TextModel) -> None:
-    stream = model.generate("tell me a story", **LONG)
+async def test_aclose_mid_stream_frees_the_slot(long_model: TextModel) -> None:
+    stream = long_model.generate("tell me a story", **LONG)
     await stream.__anext__()
     await stream.aclose()
     await stream.aclose()  # idempotent
     assert stream.finish_reason == "cancelled"
-    await wait_all_idle(model)
+    await assert_stopped_early(long_model)
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
 
 
-async def test_dropping_an_unfinished_stream_frees_the_slot(model: TextModel) -> None:
-    stream = model.generate("tell me a story", **LONG)
+async def test_dropping_an_unfinished_stream_frees_the_slot(long_model: TextModel) -> None:
+    stream = long_model.generate("tell me a story", **LONG)
     await stream.__anext__()
-    await wait_busy(model)
+    await wait_busy(long_model)
     del stream
     gc.collect()
-    await wait_all_idle(model)
+    await assert_stopped_early(long_model)
 
 
-async def test_timeout_around_a_stream_cancels_it(model: TextModel) -> None:
-    stream = model.generate("tell me a story", **LONG)
+async def test_timeout_around_a_stream_cancels_it(long_model: TextModel) -> None:
+    stream = long_model.generate("tell me a story", **LONG)
+    await stream.__anext__()  # mid-stream when the timeout strikes, however slow the first token
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
             async for _ in stream:
                 pass
     assert stream.finish_reason == "cancelled"
-    await wait_all_idle(model)
+    await assert_stopped_early(long_model)
 
 
 # -- concurrency ------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 import rocm_infer
 
 PACKAGE = Path(rocm_infer.__file__).parent
-MODULES = sorted(
-    f"rocm_infer.{m.name}" for m in pkgutil.walk_packages([str(PACKAGE)]) if not m.name.endswith("__init__")
-)
+# With the package's own prefix, so subpackages (rocm_infer.gguf) are walked as ours,
+# never confused with a top-level package of the same name.
+MODULES = sorted(m.name for m in pkgutil.walk_packages([str(PACKAGE)], "rocm_infer."))
 
 
 # Entry points are applications: configuring logging is theirs to do (in main(), never at import).

@@ -20,7 +20,8 @@ def test_message_coerce_accepts_messages_and_mappings() -> None:
     [
         ({"role": "root", "content": "x"}, ValueError),
         ({"role": "user", "content": None}, TypeError),
-        ({"role": "user", "content": "x", "name": "bob"}, ValueError),
+        ({"role": "user", "content": "x", "colour": "red"}, ValueError),
+        ({"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}, ValueError),
         ({"content": "x"}, ValueError),
         (("user", "x"), TypeError),
     ],

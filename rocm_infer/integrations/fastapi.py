@@ -17,7 +17,7 @@
 * :func:`model_lifespan` (or :func:`load_models` inside a lifespan of your
   own) loads the models when the app starts and closes them when it stops.
 * :func:`get_model` / :func:`model_dependency` hand a route its model.
-* :func:`sse_response` streams a :class:`~rocm_infer.model.TokenStream` as
+* :func:`sse_response` streams a :class:`~rocm_infer.stream.TokenStream` as
   ``text/event-stream``; when the HTTP client goes away, the stream is
   closed and llama-server stops generating.
 
@@ -53,7 +53,8 @@ import anyio.lowlevel
 
 from ..backend import load_model
 from ..errors import RocmInferError
-from ..model import TextModel, TokenStream
+from ..model import TextModel
+from ..stream import TokenStream
 from ..types import Token
 
 __all__ = [
@@ -257,7 +258,7 @@ async def _events(
 
 
 class TokenStreamResponse(StreamingResponse):
-    """A ``text/event-stream`` response of one :class:`~rocm_infer.model.TokenStream`.
+    """A ``text/event-stream`` response of one :class:`~rocm_infer.stream.TokenStream`.
 
     It watches the connection while it streams: when the client disconnects
     (also before the first token, while the prompt is processed), the

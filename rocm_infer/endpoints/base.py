@@ -1,0 +1,115 @@
+"""What every endpoint adapter shares: sampling fields of a request, and the adapter's state.
+
+An adapter is fed the decoded JSON events of one streamed response
+(:meth:`EventAdapter.feed`) and appends the tokens they carry; it tracks the
+text per kind, the server's reason for stopping, its ``timings`` and usage.
+No I/O: :meth:`EventAdapter.settle` is handed a ``detokenize`` coroutine for
+the one case that needs the server (text llama-server dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..client import JSON
+from ..config import GenerateConfig
+from ..types import FinishReason, Message, Token, ToolCall
+
+__all__ = ["Detokenize", "EventAdapter", "sampling_body"]
+
+Detokenize = Callable[[list[int]], Awaitable[str]]
+
+# llama-server's stop_type (native API) and finish_reason (OpenAI API) to ours.
+STOP_TYPES: dict[object, FinishReason] = {
+    "eos": "stop",
+    "word": "stop",
+    "stop": "stop",
+    "stop_token": "stop",
+    "limit": "length",
+    "length": "length",
+    "tool_calls": "tool_calls",
+}
+
+
+def sampling_body(config: GenerateConfig, *, chat: bool) -> dict[str, Any]:
+    """The request fields for ``config``'s sampling and stopping options.
+
+    ``chat`` picks the OpenAI field name for the token limit (``max_tokens``)
+    over the native one (``n_predict``). ``extra_body`` goes last, as is.
+    """
+    body: dict[str, Any] = {"temperature": config.temperature}
+    if config.max_tokens is not None:
+        body["max_tokens" if chat else "n_predict"] = config.max_tokens
+    for name in ("top_k", "top_p", "min_p", "repeat_penalty", "seed"):
+        value = getattr(config, name)
+        if value is not None:
+            body[name] = value
+    if config.stop:
+        body["stop"] = list(config.stop)
+    if config.ignore_eos:
+        body["ignore_eos"] = True
+    if config.stop_tokens:
+        # So the metrics are the server's even when the SDK ends the stream early.
+        body["timings_per_token"] = True
+    body.update(config.extra_body)
+    return body
+
+
+class EventAdapter:
+    """Base of the endpoint adapters: the state a stream reads when it ends.
+
+    * ``count``: tokens appended so far; ``ended``: the adapter decided the
+      generation is over (a stop token) before the server said so;
+    * ``final``: the event that carried llama-server's ``timings``;
+      ``prompt_tokens``: the prompt's size as the server reported it;
+    * ``stop_type``: the server's own word for why it stopped.
+    """
+
+    __slots__ = ("count", "ended", "final", "prompt_tokens", "stop_type", "_content")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ended = False
+        self.final: JSON | None = None
+        self.prompt_tokens: int | None = None
+        self.stop_type: object = None
+        self._content: list[str] = []
+
+    def feed(self, events: list[JSON], out: list[Token]) -> None:
+        """Turn one network read's events into tokens, appended to ``out``."""
+        raise NotImplementedError
+
+    async def settle(self, out: list[Token], detokenize: Detokenize) -> None:
+        """The response is complete: append what was held back, check what was assembled.
+
+        Raises an SDK error (a ProtocolError for a malformed tool call, say)
+        that becomes the stream's error.
+        """
+
+    def finish_reason(self) -> FinishReason:
+        return STOP_TYPES.get(self.stop_type, "stop")
+
+    @property
+    def text(self) -> str:
+        return "".join(self._content)
+
+    @property
+    def reasoning(self) -> str:
+        return ""
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return ()
+
+    def message(self) -> Message:
+        return Message("assistant", self.text)
+
+    def drop(self, tokens: Sequence[Token]) -> None:
+        """Forget ``tokens``, the last ones appended (read but never handed out: cancelled)."""
+        self.count -= len(tokens)
+        self._content[:] = [_cut(self.text, sum(len(t.text) for t in tokens if t.kind == "content"))]
+
+
+def _cut(text: str, n: int) -> str:
+    return text[: len(text) - n] if n else text

@@ -1,0 +1,102 @@
+"""llama-server's native ``/completion``: the request for ``generate``, and its events.
+
+Its streamed events carry the sampled token id with each piece of text
+(``tokens``), so every :class:`~rocm_infer.types.Token` has its real id, and
+its last event (``"stop": true``) carries the server's ``timings``, the
+prompt's size and why it stopped.
+
+Two special cases live here and nowhere else:
+
+* stop strings: llama-server sends ``""`` for a token whose text might start
+  a stop string and, if the generation then ends on its token limit, never
+  sends that text. Such tokens are held until their text is known; at the end
+  it is recovered with ``/detokenize``.
+* stop tokens (``GenerateConfig.stop_tokens``): checked here as tokens arrive;
+  the stopping token is not yielded and the stream ends at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..client import JSON
+from ..config import GenerateConfig
+from ..errors import RocmInferError
+from ..types import Token
+from .base import Detokenize, EventAdapter, sampling_body
+
+__all__ = ["CompletionAdapter", "completion_body"]
+
+
+def completion_body(prompt: str, config: GenerateConfig) -> dict[str, Any]:
+    """The ``/completion`` request body for ``prompt`` under ``config``."""
+    body = sampling_body(config, chat=False)
+    body["prompt"] = prompt
+    return body
+
+
+class CompletionAdapter(EventAdapter):
+    """Tokens from ``/completion`` events (see the module docs)."""
+
+    __slots__ = ("_stop_tokens", "_held")
+
+    def __init__(self, config: GenerateConfig) -> None:
+        super().__init__()
+        self._stop_tokens = config.stop_tokens
+        # Tokens whose text llama-server holds back (a stop string may be starting).
+        self._held: list[int] | None = [] if config.stop else None
+
+    def feed(self, events: list[JSON], out: list[Token]) -> None:
+        parts = self._content
+        stop_tokens = self._stop_tokens
+        held = self._held
+        for event in events:
+            ids = event.get("tokens")
+            if ids:
+                token_id = ids[-1]
+                if stop_tokens and token_id in stop_tokens:
+                    self.final = event
+                    self.stop_type = "stop_token"
+                    self.ended = True
+                    return
+                text = event.get("content", "")
+                if held is not None:
+                    if not text:
+                        held.append(token_id)
+                        continue  # a held token is never the last event (stop comes after)
+                    if held:
+                        self._release_held(out, "")
+                out.append(Token(token_id, text))
+                parts.append(text)
+                self.count += 1
+            if event.get("stop") is True:
+                self.final = event
+                self.prompt_tokens = event.get("tokens_evaluated")
+                self.stop_type = event.get("stop_type")
+            elif stop_tokens:
+                # timings_per_token is on: keep the latest figures in case we stop early.
+                self.final = event
+
+    def _release_held(self, out: list[Token], text: str) -> None:
+        """Hand out the held tokens, ``text`` (their recovered text) on the last."""
+        held = self._held
+        assert held
+        out.extend(Token(token_id, "") for token_id in held[:-1])
+        out.append(Token(held[-1], text))
+        self._content.append(text)
+        self.count += len(held)
+        held.clear()
+
+    async def settle(self, out: list[Token], detokenize: Detokenize) -> None:
+        if not self._held:
+            return
+        text = ""
+        if self.stop_type in ("limit", "stop_token"):
+            # llama-server dropped this text (it never sends held text when the generation
+            # ends on a limit): ask it for the text of those tokens. After a matched stop
+            # string ("word") the held text was the stop string itself and stays out.
+            try:
+                text = await detokenize(list(self._held))
+            except RocmInferError:
+                text = ""
+        self._release_held(out, text)
