@@ -274,10 +274,12 @@ class TokenStreamResponse(StreamingResponse):
         *,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__(body, status_code=status_code, headers=headers, media_type="text/event-stream")
         self.token_stream = stream
         self._body = body
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -308,6 +310,8 @@ class TokenStreamResponse(StreamingResponse):
                 aclose = getattr(self._body, "aclose", None)
                 if aclose is not None:
                     await aclose()
+                if self._on_close is not None:
+                    await self._on_close()
         if self.background is not None:
             await self.background()
 
@@ -320,6 +324,7 @@ def sse_response(
     on_error: Callable[[TokenStream, RocmInferError], Iterable[SSEEvent]] = error_events,
     status_code: int = 200,
     headers: Mapping[str, str] | None = None,
+    on_close: Callable[[], Awaitable[object]] | None = None,
 ) -> TokenStreamResponse:
     """Stream ``stream`` to the HTTP client as server-sent events.
 
@@ -334,8 +339,10 @@ def sse_response(
 
     Returns at once; the request to llama-server is sent when the response
     starts. When the client disconnects, or the response ends for any other
-    reason, ``stream`` is closed: llama-server stops generating.
+    reason, ``stream`` is closed: llama-server stops generating; then
+    ``on_close`` is awaited (to release what the request held, a pool's lease
+    say), shielded from cancellation.
     """
     merged = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
     body = _events(stream, on_token, on_end, on_error)
-    return TokenStreamResponse(stream, body, status_code=status_code, headers=merged)
+    return TokenStreamResponse(stream, body, status_code=status_code, headers=merged, on_close=on_close)
