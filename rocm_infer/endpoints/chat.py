@@ -176,10 +176,11 @@ class ChatAdapter(EventAdapter):
             except ValueError:
                 arguments = None
             if not isinstance(arguments, dict):
-                raise ProtocolError(
-                    f"the model's call of tool {parts.name!r} has arguments that are not a JSON object: {raw!r}",
-                    text=raw,
-                )
+                if self.finish_reason() == "length":
+                    why = "was cut off by max_tokens before its arguments were complete"
+                else:
+                    why = "has arguments that are not a JSON object"
+                raise ProtocolError(f"the model's call of tool {parts.name!r} {why}: {raw!r}", text=raw)
             if not parts.name:
                 raise ProtocolError(f"the model made a tool call without a tool name (arguments {raw!r})", text=raw)
             calls.append(ToolCall(parts.id, parts.name, arguments, raw or "{}"))
