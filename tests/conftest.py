@@ -56,6 +56,15 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def scripted_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scripted model (rocm_infer.scripted_model): greedy decoding says known scripts of
+    reasoning, tool calls and answers; its character vocabulary lets grammars spell JSON."""
+    from rocm_infer.scripted_model import GRAMMAR_NOISE, make_scripted_model
+
+    return make_scripted_model(tmp_path_factory.mktemp("scripted") / "scripted.gguf", noise=GRAMMAR_NOISE)
+
+
+@pytest.fixture(scope="session")
 def server_binary() -> str:
     """The llama-server binary the SDK would use; skips (or fails under
     ROCM_INFER_REQUIRE_SERVER=1) when there is none."""
@@ -81,3 +90,47 @@ async def model(tiny_model_path: Path, no_leaked_servers: None) -> AsyncIterator
     """A TextModel on a real llama-server with 4 slots, closed after the test."""
     async with rocm_infer.load_model(tiny_model_path, parallel_slots=4, context_len=8192) as m:
         yield m
+
+
+# -- what a test's child interpreter runs to leave one safeguard alone on the job ------------------
+
+
+def patch_spawn(*, parent_death_signal: bool = True, own_process_group: bool = False) -> str:
+    """Python source for a test's child interpreter (a script, a Jupyter kernel) to run before it
+    loads a model: the llama-servers it starts afterwards are spawned without the parent-death
+    signal (PR_SET_PDEATHSIG) unless ``parent_death_signal``, so that the interpreter's death alone
+    no longer kills them, and with ``own_process_group`` in a process group of their own, out of
+    reach of whatever signals the interpreter's group (a Jupyter kernel that shuts down terminates
+    its group's processes itself; jupyter_client's "restart now" SIGKILLs the whole group).
+
+    It replaces rocm_infer's preexec_fn factory: the one private name these tests use, kept here
+    to be re-pointed in one place."""
+    return f"""\
+import os as _os
+import rocm_infer.reaper as _reaper
+
+_die_with_parent = _reaper.die_with_parent
+assert callable(_die_with_parent)
+
+
+def _spawn_hook():
+    parent_death = _die_with_parent() if {parent_death_signal!r} else None
+
+    def preexec():
+        if {own_process_group!r}:
+            _os.setpgid(0, 0)
+        if parent_death is not None:
+            parent_death()
+
+    return preexec
+
+
+_reaper.die_with_parent = _spawn_hook
+"""
+
+
+def keep_forever(name: str) -> str:
+    """A Python statement (one line, to put at any indentation) that makes the object named
+    ``name`` immortal, a reference nobody ever drops: no finalizer, not even at interpreter
+    shutdown, can then stop what it owns."""
+    return f"__import__('ctypes').pythonapi.Py_IncRef(__import__('ctypes').py_object({name}))"

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tomllib
 import warnings
@@ -27,7 +28,9 @@ from rocm_infer import (
     BinaryNotFoundError,
     InvalidModelError,
     LlamaCppBackend,
+    LlamaServerClient,
     LoadConfig,
+    LoadProgress,
     ModelNotFoundError,
     RocmBackend,
     ServerStartError,
@@ -42,6 +45,7 @@ from rocm_infer.backend import (
     register,
     server_args,
 )
+from rocm_infer.defaults import default_threads
 from rocm_infer.gguf import read_gguf_header
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -374,7 +378,16 @@ def test_server_args_defaults() -> None:
         "4096",
         "--n-gpu-layers",
         "all",
+        "--threads",
+        str(default_threads()),
     ]
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (4, 3), (16, 15)])
+def test_default_threads_leave_a_core_free(monkeypatch: pytest.MonkeyPatch, cores: int, threads: int) -> None:
+    # llama-server's own default (every core) stalls when the client or anything else needs one.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_threads() == threads
 
 
 @pytest.mark.parametrize(("layers", "expected"), [(-1, "all"), (0, "0"), (33, "33")])
@@ -411,9 +424,10 @@ def test_server_args_everything() -> None:
     ]
 
 
-def test_server_args_zero_means_server_default() -> None:
+def test_server_args_zero_means_the_default() -> None:
     args = server_args("/m.gguf", LoadConfig(parallel_slots=0, threads=0), 4096)
-    assert "--parallel" not in args and "--threads" not in args and "--lora" not in args
+    assert "--parallel" not in args and "--lora" not in args  # llama-server's own defaults
+    assert args[args.index("--threads") + 1] == str(default_threads())  # rocm_infer's, not every core
 
 
 # -- config → the process that is started ----------------------------------------------------------
@@ -759,24 +773,115 @@ async def test_load_model_explicit_context_and_slots(tiny_model_path: Path, no_l
         assert argv[argv.index("--parallel") + 1] == "2"
 
 
+def _proc_state(pid: int) -> str:
+    """``pid``'s state letter in /proc (``Z``: exited, not reaped yet), or ``gone`` once it is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def _kill_leftovers(pids: set[int]) -> None:
+    """SIGKILL what a failed test left, so one failure does not leak into the next tests."""
+    for pid in pids:
+        if _proc_state(pid) not in ("gone", "Z"):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.integration
 async def test_cancelled_load_leaves_no_server(
     server_binary: str, tiny_model_path: Path, no_leaked_servers: None
 ) -> None:
+    """Cancelled at the first poll that sees its llama-server in /proc (asyncio may still be
+    inside create_subprocess_exec then). A load that wins the race is closed and tried again."""
     before = llama_server_pids(server_binary)
-    task = asyncio.ensure_future(rocm_infer.load_model(tiny_model_path))
-    for _ in range(500):
-        if llama_server_pids(server_binary) - before or task.done():
-            break
-        await asyncio.sleep(0.005)
-    task.cancel()
+    for _ in range(5):
+        task = asyncio.ensure_future(rocm_infer.load_model(tiny_model_path))
+        spawned: set[int] = set()
+        while not spawned and not task.done():
+            await asyncio.sleep(0.002)
+            spawned = llama_server_pids(server_binary) - before
+        task.cancel()
+        try:
+            model = await task
+        except asyncio.CancelledError:
+            try:
+                assert spawned
+                assert {pid: _proc_state(pid) for pid in spawned} == dict.fromkeys(spawned, "gone")
+            finally:
+                _kill_leftovers(spawned)
+            return
+        await model.close()  # the load finished first: nothing was cancelled, so try again
+    pytest.fail("the load finished before it could be cancelled, five times in a row")
+
+
+# Moments of start-up at which a cancellation can land. The stages are on_progress's (the process
+# is spawned before "starting" is reported); the others are named by the health check's own
+# requests, patched to cancel the load with the request in flight ("GET /health", "GET /props":
+# the identity check), or once a poll found the server not ready yet (the load then sleeps until
+# the next poll).
+_CANCEL_MOMENTS = ["starting", "loading", "initializing", "GET /health", "between polls", "GET /props"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("moment", _CANCEL_MOMENTS)
+async def test_a_load_cancelled_at_any_moment_of_start_up_leaves_no_process(
+    moment: str,
+    server_binary: str,
+    tiny_model_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_leaked_servers: None,
+) -> None:
+    before = llama_server_pids(server_binary)
+    load: asyncio.Future[rocm_infer.TextModel] | None = None
+    spawned: set[int] = set()
+
+    def cancel_now() -> None:
+        assert load is not None
+        if not load.cancelled() and not spawned:
+            spawned.update(llama_server_pids(server_binary) - before)
+            load.cancel()
+
+    def on_progress(progress: LoadProgress) -> None:
+        if progress.stage == moment:
+            cancel_now()
+
+    if moment in ("GET /health", "GET /props"):
+        original = getattr(LlamaServerClient, moment.removeprefix("GET /"))
+
+        async def in_flight(client: LlamaServerClient) -> Any:
+            cancel_now()  # lands in the request below, once it waits for the network
+            return await original(client)
+
+        monkeypatch.setattr(LlamaServerClient, moment.removeprefix("GET /"), in_flight)
+    elif moment == "between polls":
+        original_health = LlamaServerClient.health
+
+        async def not_ready_yet(client: LlamaServerClient) -> Any:
+            try:
+                return await original_health(client)
+            except (rocm_infer.APIConnectionError, rocm_infer.APIError):
+                cancel_now()  # lands in the sleep before the next poll
+                raise
+
+        monkeypatch.setattr(LlamaServerClient, "health", not_ready_yet)
+
+    load = asyncio.ensure_future(rocm_infer.load_model(tiny_model_path, on_progress=on_progress))
     try:
-        model = await task
-    except asyncio.CancelledError:
-        pass
-    else:  # the load won the race: close what it made
-        await model.close()
-    assert llama_server_pids(server_binary) <= before
+        try:
+            model = await load
+        except asyncio.CancelledError:
+            pass
+        else:
+            await model.close()
+            pytest.fail(f"the load finished without reaching {moment!r}")
+        # Right after the cancelled call returned: nothing left for an exit hook or a finalizer.
+        assert spawned, "no llama-server was running when the load was cancelled"
+        states = {pid: _proc_state(pid) for pid in spawned}
+        assert states == dict.fromkeys(spawned, "gone"), f"cancelled at {moment!r}, left: {states}"
+    finally:
+        _kill_leftovers(spawned)
 
 
 def test_a_forgotten_await_says_what_to_do(tiny_model_path: Path, no_spawn: None) -> None:

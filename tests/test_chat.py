@@ -19,7 +19,6 @@ from conftest import llama_server_pids
 
 import rocm_infer
 from rocm_infer import Completion, Message, ProtocolError, TextModel, Tool, ToolCall
-from rocm_infer.scripted_model import GRAMMAR_NOISE, make_scripted_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -46,15 +45,10 @@ def get_time(zone: str) -> str:
 calls: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def scripted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_scripted_model(tmp_path_factory.mktemp("scripted") / "scripted.gguf", noise=GRAMMAR_NOISE)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def model(scripted_path: Path, server_binary: str) -> AsyncIterator[TextModel]:
+async def model(scripted_model_path: Path, server_binary: str) -> AsyncIterator[TextModel]:
     before = llama_server_pids(server_binary)
-    async with rocm_infer.load_model(scripted_path, context_len=4096, parallel_slots=2) as loaded:
+    async with rocm_infer.load_model(scripted_model_path, context_len=4096, parallel_slots=2) as loaded:
         yield loaded
     assert not llama_server_pids(server_binary) - before
 

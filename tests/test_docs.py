@@ -1,5 +1,5 @@
-"""The documentation site: it builds with --strict, its Python examples run against a real
-llama-server, and the configuration reference names every field."""
+"""The documentation site: it builds with --strict, its Python examples (and README's) run against
+a real llama-server, and the configuration reference names every field."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from run_doc_snippets import python_blocks
+from run_doc_snippets import FRAGMENT_MARKER, UnclassifiedBlockError, blocks, python_blocks
 
 import rocm_infer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p.read_text()))
+# Every page with examples, README first, relative to the repository root.
+MARKDOWN = ["README.md", *sorted(f"docs/{p.name}" for p in DOCS.glob("*.md"))]
+PAGES = [page for page in MARKDOWN if python_blocks((ROOT / page).read_text(), page)]
+RUNNER = ROOT / "scripts" / "run_doc_snippets.py"
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
@@ -38,28 +41,108 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
 
 
 def test_the_pages_with_examples_are_found() -> None:
-    assert {"index.md", "getting-started.md", "streaming.md", "configuration.md", "fastapi.md"} <= set(PAGES)
+    wanted = {"README.md", *(f"docs/{name}" for name in ("index.md", "getting-started.md", "streaming.md"))}
+    assert wanted | {"docs/configuration.md", "docs/fastapi.md"} <= set(PAGES)
+
+
+def test_readme_runs_its_headline_example_and_marks_only_a_few_fragments() -> None:
+    found = [b for b in blocks((ROOT / "README.md").read_text(), "README.md") if b.language == "python"]
+    assert "asyncio.run(main())" in found[0].source and found[0].kind == "run"
+    fragments = [b for b in found if b.kind == "fragment"]
+    assert len(fragments) <= 2 < len(found) - len(fragments), [(b.line, b.kind) for b in found]
+
+
+def run_snippets(page: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The docs runner on ``page``, with warnings as errors, as the docs check runs it."""
+    return subprocess.run(
+        [sys.executable, "-W", "error", str(RUNNER), str(page)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_leaked_servers")
 @pytest.mark.parametrize("page", PAGES)
-def test_every_python_example_runs(page: str, tiny_model_path: Path, tmp_path: Path) -> None:
+def test_every_python_example_runs(page: str, tiny_model_path: Path, scripted_model_path: Path, tmp_path: Path) -> None:
     (tmp_path / "model.gguf").symlink_to(tiny_model_path)
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(ROOT / "scripts" / "run_doc_snippets.py"), str(DOCS / page)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    # A model whose chat template takes tools, for the tools and reasoning examples.
+    (tmp_path / "tools-model.gguf").symlink_to(scripted_model_path)
+    # A home with a folder of models, for the examples that look in ~/models.
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "tiny-llama.gguf").symlink_to(tiny_model_path)
+    result = run_snippets(ROOT / page, tmp_path, {"HOME": str(tmp_path / "home")})
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    blocks = len(python_blocks((DOCS / page).read_text()))
-    assert f"=== {DOCS / page}: {blocks} blocks ran" in result.stdout
+    text = (ROOT / page).read_text()
+    ran = len(python_blocks(text, page))
+    fragments = sum(b.kind == "fragment" for b in blocks(text, page))
+    assert f"=== {ROOT / page}: {ran} blocks ran, {fragments} fragments not run" in result.stdout
     for noise in ("Exception ignored", "Unclosed", "ResourceWarning", "Traceback"):
         assert noise not in result.stderr, result.stderr
+
+
+# -- the runner itself: nothing it cannot classify is skipped in silence ---------------------------
+
+
+@pytest.mark.parametrize("page", MARKDOWN)
+def test_every_fence_of_the_pages_is_classified(page: str) -> None:
+    blocks((ROOT / page).read_text(), page)  # raises UnclassifiedBlockError on a fence it cannot classify
+
+
+def test_py_fences_and_indented_blocks_run_and_fragments_do_not(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Intro.\n\n```py\nseen = ['py']\n```\n\n"
+        "* In a list item:\n\n"
+        "  ```python\n  seen.append('indented')\n  if seen:\n      seen.append('nested')\n  ```\n\n"
+        f"{FRAGMENT_MARKER}\n```python\nundefined_name.explode()\n```\n\n"
+        "```sh\nexit 1\n```\n\n```\nplain output\n```\n\n"
+        "~~~python\nawait __import__('asyncio').sleep(0)\nprint('seen:', seen)\n~~~\n"
+    )
+    kinds = [(b.language, b.kind) for b in blocks(page.read_text())]
+    assert kinds == [
+        ("py", "run"),
+        ("python", "run"),
+        ("python", "fragment"),
+        ("sh", "other"),
+        ("", "other"),
+        ("python", "run"),
+    ]
+    result = run_snippets(page, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "seen: ['py', 'indented', 'nested']" in result.stdout
+    assert f"=== {page}: 3 blocks ran, 1 fragments not run" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("markdown", "line", "why"),
+    [
+        ("```pyhton\nprint('typo')\n```\n", 7, "a ```pyhton block"),
+        ("```python3\nprint('not a language it knows')\n```\n", 7, "a ```python3 block"),
+        ("  ```javascript\n  alert(1)\n  ```\n", 7, "a ```javascript block"),
+        ("```python\nprint('never closed')\n", 7, "never closed"),
+        (f"{FRAGMENT_MARKER}\n```sh\nls\n```\n", 7, "marks a 'sh' block"),
+        (f"{FRAGMENT_MARKER}\n\nSome text.\n\n```python\nx\n```\n", 7, "must be right before a block"),
+        (f"Text.\n\n{FRAGMENT_MARKER}\n", 9, "marks no block"),
+    ],
+    ids=["typo", "python3", "indented-unknown", "unclosed", "marker-on-sh", "marker-far", "marker-alone"],
+)
+def test_a_block_the_runner_cannot_classify_fails_the_page_before_anything_runs(
+    markdown: str, line: int, why: str, tmp_path: Path
+) -> None:
+    page = tmp_path / "page.md"
+    # A block that would run first, and leave a file behind: nothing may run at all.
+    page.write_text(f"```python\nopen('ran', 'w').close()\n```\n\nLine 5.\n\n{markdown}")
+    with pytest.raises(UnclassifiedBlockError, match=re.escape(why)):
+        blocks(page.read_text(), str(page))
+    result = run_snippets(page, tmp_path)
+    assert result.returncode == 1
+    assert f"run_doc_snippets: {page}:{line}: " in result.stderr and why in result.stderr, result.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize("config", [rocm_infer.LoadConfig, rocm_infer.GenerateConfig, rocm_infer.RestartPolicy])

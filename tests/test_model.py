@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import llama_server_pids
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 # in a slot of 8,192 (long_model), seconds of work for this model even on a fast machine. Whether
 # closing its stream stopped it is read from llama-server's own log, not only from the clock.
 LONG_TOKENS = 8000
-LONG = {"max_tokens": LONG_TOKENS, "ignore_eos": True}
+LONG: dict[str, Any] = {"max_tokens": LONG_TOKENS, "ignore_eos": True}
 
 
 @pytest.fixture

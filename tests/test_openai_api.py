@@ -16,8 +16,6 @@ import pytest_asyncio
 from conftest import llama_server_pids
 from serve_in_process import serving
 
-from rocm_infer.scripted_model import make_scripted_model
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import fastapi_app  # noqa: E402
 
@@ -38,10 +36,9 @@ ANSWER = "It is sunny in Paris today."
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def url(tmp_path_factory: pytest.TempPathFactory, server_binary: str) -> AsyncIterator[str]:
-    path = make_scripted_model(tmp_path_factory.mktemp("scripted") / "scripted.gguf")
+async def url(scripted_model_path: Path, server_binary: str) -> AsyncIterator[str]:
     before = llama_server_pids(server_binary)
-    async with serving(fastapi_app.create_app(path)) as served:
+    async with serving(fastapi_app.create_app(scripted_model_path)) as served:
         yield served
     assert not llama_server_pids(server_binary) - before
 

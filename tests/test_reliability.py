@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import NO_PARENT_DEATH_SIGNAL, keep_forever
+from conftest import keep_forever, patch_spawn
 
 import rocm_infer
 import rocm_infer.server as server_module
@@ -312,17 +312,20 @@ def _gone_within(pid: int, seconds: float) -> bool:
 async def test_a_jupyter_kernel_restart_leaves_no_server(tiny_model_path: Path, now: bool) -> None:
     """A model loaded with top-level await and never closed; then the kernel restarts.
 
-    A normal restart ends the kernel process normally. The kernel keeps its model referenced for
-    good and starts llama-server without the parent-death signal, so neither a finalizer nor the
-    kernel's death can stop the server: only the exit hook can, and this proves it does. A restart
-    with now=True SIGKILLs the kernel's whole process group (jupyter_client's way), llama-server
-    with it, as the user sees it happen.
+    On its own, a kernel that shuts down terminates the processes of its process group, and
+    jupyter_client's "restart now" SIGKILLs that group: either would stop llama-server whatever
+    rocm_infer does. So the kernel starts llama-server in a process group of its own, and each
+    case leaves one safeguard alone on the job. A normal restart ends the kernel process
+    normally; its model is kept referenced for good and its server has no parent-death signal,
+    so neither a finalizer nor the kernel's death can stop the server: only the exit hook can.
+    A restart with now=True SIGKILLs the kernel: no hook runs, only the parent-death signal can.
     """
     from jupyter_client.manager import AsyncKernelManager
 
+    spawn = patch_spawn(parent_death_signal=now, own_process_group=True)
     load = f"model = await rocm_infer.load_model({str(tiny_model_path)!r})\nprint(model.server.pid)\n"
     if not now:
-        load = NO_PARENT_DEATH_SIGNAL + load + keep_forever("model") + "\n"
+        load += keep_forever("model") + "\n"
     manager = AsyncKernelManager(kernel_name="python3")
     await manager.start_kernel()
     client = manager.client()
@@ -330,9 +333,10 @@ async def test_a_jupyter_kernel_restart_leaves_no_server(tiny_model_path: Path, 
     pid = None
     try:
         await client.wait_for_ready(timeout=60)
-        printed = await _kernel_output(client, "import rocm_infer\n" + load)
+        printed = await _kernel_output(client, spawn + "import rocm_infer\n" + load)
         pid = int(printed.split()[-1])
         assert not _gone_within(pid, 0.1)
+        assert os.getpgid(pid) == pid  # out of the kernel's process group
         await manager.restart_kernel(now=now)
         assert await asyncio.to_thread(_gone_within, pid, 5.0), f"llama-server {pid} outlived the kernel"
     finally:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -25,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import llama_server_pids
+from conftest import keep_forever, llama_server_pids, patch_spawn
 
 import rocm_infer.server as server_module
 from rocm_infer.errors import APIError, ServerStartError
@@ -537,9 +538,19 @@ async def test_sigterm_ignored_is_killed(tmp_path: Path) -> None:
     await server.start()
     assert server.running
     pid = server.pid
+    assert pid is not None
     loop = asyncio.get_running_loop()
     started = loop.time()
-    code = await server.stop()
+    stopping = asyncio.ensure_future(server.stop())
+    try:
+        # Bounded here, not by the test timeout: a stop() that never escalates waits forever.
+        await asyncio.wait({stopping}, timeout=10)
+        assert stopping.done(), "stop() did not end a process that ignores SIGTERM"
+    finally:
+        if not stopping.done():
+            os.kill(pid, signal.SIGKILL)
+            await stopping
+    code = stopping.result()
     assert 0.4 < loop.time() - started < 5
     assert code == -signal.SIGKILL
     assert server.returncode == -signal.SIGKILL
@@ -628,6 +639,140 @@ async def test_async_with_stops_on_error(tmp_path: Path) -> None:
             1 / 0  # noqa: B018
     assert server.returncode is not None
     assert_gone(pid)
+
+
+# -- SIGKILL where nothing can be awaited: the exit hook, stop_now(), close() from another loop ---
+
+# Ignores SIGTERM, and answers /health and /props (naming the --model it was given), so that
+# load_model takes it for its llama-server. Only a SIGKILL ends it.
+_STUBBORN = """
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+MODEL = ARGV[ARGV.index("--model") + 1] if "--model" in ARGV else None
+
+
+class Api(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            body = {"status": "ok"}
+        else:
+            body = {"model_path": MODEL, "total_slots": 1, "default_generation_settings": {"n_ctx": 512}}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer((HOST, PORT), Api).serve_forever()
+"""
+
+_STATE = """
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+"""
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, as a user's script does; its output, whatever it exits with."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def kill_leftovers(tmp_path: Path) -> None:
+    """SIGKILL every run of the fake still alive: a failed test must not leave one behind."""
+    for pid, _ in runs(tmp_path):
+        if not is_gone(pid) and _proc_state(pid) != "Z":
+            os.kill(pid, signal.SIGKILL)
+
+
+# The model is never closed and can never be collected, and the parent-death signal is off:
+# when the interpreter exits, only the exit hook can stop the server, and only its SIGKILL can.
+_EXITS_WITH_A_STUBBORN_SERVER = (
+    patch_spawn(parent_death_signal=False)
+    + f"""
+import asyncio, sys
+import rocm_infer
+
+
+async def main():
+    model = await rocm_infer.load_model(sys.argv[1], server_path=sys.argv[2])
+    print(model.server.pid, flush=True)
+    {keep_forever("model")}
+
+
+asyncio.run(main())
+"""
+)
+
+
+def test_the_exit_hook_kills_a_server_that_ignores_sigterm(tmp_path: Path, tiny_model_path: Path) -> None:
+    binary = make_fake(tmp_path, _STUBBORN)
+    try:
+        result = run_python(_EXITS_WITH_A_STUBBORN_SERVER, str(tiny_model_path), binary)
+        assert result.returncode == 0, result.stderr
+        pid = int(result.stdout)
+        assert [p for p, _ in runs(tmp_path)] == [pid]
+        assert f"stopping llama-server pid(s) [{pid}] at exit" in result.stderr
+        # Gone and reaped as the interpreter exited: SIGTERM was ignored, the SIGKILL a second later was not.
+        assert_gone(pid)
+    finally:
+        kill_leftovers(tmp_path)
+
+
+async def test_stop_now_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
+    # stop_timeout=30: the stop() that stop_now() schedules cannot be what kills it within this test.
+    server = LlamaServer(make_fake(tmp_path, _STUBBORN), [], startup_timeout=30, stop_timeout=30)
+    await server.start()  # healthy: the fake set its SIGTERM handler before it listened
+    pid = server.pid
+    assert pid is not None
+    try:
+        began = time.monotonic()
+        server.stop_now("a test stops it now")
+        # Dead as stop_now() returns (left for asyncio's child watcher to reap).
+        assert _proc_state(pid) in ("Z", "gone")
+        assert time.monotonic() - began < 5
+        assert await server.wait_exited(10) == -signal.SIGKILL
+        assert_gone(pid)
+    finally:
+        kill_leftovers(tmp_path)
+        await server.stop()
+
+
+_CLOSED_FROM_ANOTHER_LOOP = (
+    _STATE
+    + """
+import asyncio, sys
+import rocm_infer
+
+model = asyncio.run(rocm_infer.load_model(sys.argv[1], server_path=sys.argv[2]))  # a loop that then closes
+pid = model.server.pid
+asyncio.run(model.close())  # from another loop: signals and a bounded wait, no HTTP
+print(pid, state(pid), flush=True)
+"""
+)
+
+
+def test_a_model_closed_from_another_loop_kills_a_server_that_ignores_sigterm(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    binary = make_fake(tmp_path, _STUBBORN)
+    try:
+        result = run_python(_CLOSED_FROM_ANOTHER_LOOP, str(tiny_model_path), binary)
+        assert result.returncode == 0, result.stderr
+        pid, state = result.stdout.split()
+        assert [p for p, _ in runs(tmp_path)] == [int(pid)]
+        assert "a model was closed from another event loop" in result.stderr
+        assert state in ("Z", "gone"), f"still running (state {state}) after close() returned"
+        assert_gone(int(pid))
+    finally:
+        kill_leftovers(tmp_path)
 
 
 # -- exit watching ---------------------------------------------------------------------------------
@@ -785,10 +930,13 @@ class Stranger:
             return web.json_response({"status": "ok"})
         if request.path == "/props" and self.props_status == 200:
             return web.json_response({"model_path": "/someone/else.gguf", "total_slots": 1})
+        if self.props_status == 403:  # a key it knows of, but may not use (a proxy's rule, say)
+            forbidden = {"error": {"code": 403, "message": "Forbidden", "type": "permission_error"}}
+            return web.json_response(forbidden, status=403)
         return web.json_response({"error": {"code": 401, "message": "Invalid API Key"}}, status=401)
 
 
-@pytest.mark.parametrize("props_status", [200, 401], ids=["other-model", "other-key"])
+@pytest.mark.parametrize("props_status", [200, 401, 403], ids=["other-model", "other-key", "key-forbidden"])
 async def test_a_strangers_server_on_our_port_is_never_taken_for_ours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, props_status: int
 ) -> None:
