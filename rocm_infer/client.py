@@ -22,6 +22,7 @@ import asyncio
 import builtins
 import json
 import logging
+import re
 import time
 import weakref
 from collections import deque
@@ -74,6 +75,11 @@ def _loads(data: str) -> Any:
     return value
 
 
+# llama-server's words for an input past its physical batch, and for generation on an embedding server.
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large to process.*current batch size: (\d+)")
+_NO_LOGITS = "does not support logits computation"
+
+
 def _error_from_payload(payload: object, *, status: int | None, url: str) -> APIError:
     """Build the APIError (or ContextLengthError) for a llama-server error body."""
     error = payload.get("error") if isinstance(payload, dict) else None
@@ -94,6 +100,23 @@ def _error_from_payload(payload: object, *, status: int | None, url: str) -> API
                 type=kind,
                 url=url,
                 body=payload,
+            )
+        too_large = _TOO_LARGE.search(message)
+        if too_large is not None:
+            # An input longer than the server's physical batch: a context limit too, if a 500.
+            return ContextLengthError(
+                message,
+                prompt_tokens=int(too_large.group(1)),
+                context_len=int(too_large.group(2)),
+                status=status,
+                type=str(kind) if kind else None,
+                url=url,
+                body=payload,
+            )
+        if _NO_LOGITS in message:
+            message = (
+                "this llama-server serves embeddings or reranking (it was started with --embeddings or "
+                f"--rerank): it cannot generate text. llama-server said: {message}"
             )
         return APIError(message, status=status, type=str(kind) if kind else None, url=url, body=payload)
     if isinstance(error, str):
@@ -314,6 +337,16 @@ class LlamaServerClient:
     async def completion(self, body: Mapping[str, Any]) -> JSON:
         """POST /completion without streaming; returns the final result."""
         result: JSON = await self.request_json("POST", "/completion", {**body, "stream": False})
+        return result
+
+    async def embeddings(self, body: Mapping[str, Any]) -> JSON:
+        """POST /v1/embeddings (the server must run with ``--embeddings``)."""
+        result: JSON = await self.request_json("POST", "/v1/embeddings", body)
+        return result
+
+    async def rerank(self, body: Mapping[str, Any]) -> JSON:
+        """POST /v1/rerank (the server must run with ``--rerank``)."""
+        result: JSON = await self.request_json("POST", "/v1/rerank", body)
         return result
 
     def stream_completion(self, body: Mapping[str, Any]) -> EventStream:

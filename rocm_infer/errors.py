@@ -191,7 +191,8 @@ class ContextLengthError(APIError):
     """The prompt (plus the tokens to generate) does not fit the context.
 
     ``prompt_tokens`` and ``context_len`` are filled in when llama-server
-    reports them.
+    reports them; ``index`` is the position of the text that did not fit
+    when one of many did not (``embed``, ``rerank``).
     """
 
     def __init__(
@@ -200,11 +201,13 @@ class ContextLengthError(APIError):
         *,
         prompt_tokens: int | None = None,
         context_len: int | None = None,
+        index: int | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.prompt_tokens = prompt_tokens
         self.context_len = context_len
+        self.index = index
 
 
 class ProtocolError(RocmInferError):

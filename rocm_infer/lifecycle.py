@@ -11,11 +11,12 @@ work for any model class.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import warnings
 import weakref
-from collections.abc import Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -33,6 +34,7 @@ from .types import GenerateMetrics, ModelInfo
 __all__ = ["ModelContext", "ServerModel", "attach", "model_info"]
 
 M = TypeVar("M", bound="ServerModel")
+T = TypeVar("T")
 
 
 class _Abortable(Protocol):
@@ -73,7 +75,21 @@ class ServerModel:
         # Open streams, so close() can end them before stopping the server: llama-server
         # does not exit on SIGTERM while it is still streaming a response.
         self._streams: weakref.WeakSet[_Abortable] = weakref.WeakSet()
-        self._closing = False
+        # At most one request per llama-server slot from the batch helpers (batch_generate, embed ...).
+        self._slots = asyncio.Semaphore(max(1, info.parallel_slots))
+
+    @classmethod
+    async def create(
+        cls: type[M],
+        supervisor: Supervisor,
+        info: ModelInfo,
+        *,
+        model_type: str = "unknown",
+        vram: VramMonitor | None = None,
+    ) -> M:
+        """Make the model for a started or attached server (a subclass may ask the server
+        something first, as the embedding model does for its vector size)."""
+        return cls(supervisor, info, model_type=model_type, vram=vram)
 
     def __repr__(self) -> str:
         server = self._supervisor.server
@@ -111,9 +127,29 @@ class ServerModel:
         active, peak = self._vram.sample()
         return dataclasses.replace(metrics, active_vram_bytes=active, peak_vram_bytes=peak)
 
-    async def tokenize(self, text: str) -> list[int]:
-        """The model's token ids for ``text`` (no BOS added)."""
-        return await self._supervisor.call(lambda client: client.tokenize(text))
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """The model's token ids for ``text``; ``add_special`` adds BOS (or CLS/SEP) as a prompt has."""
+        return await self._supervisor.call(lambda client: client.tokenize(text, add_special=add_special))
+
+    async def _gather_limited(self, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run ``calls`` concurrently, at most one per llama-server slot at a time, results in order.
+
+        The first failure cancels the rest and is raised as itself (not an
+        exception group); cancelling the caller cancels every call, which
+        closes their requests.
+        """
+
+        async def limited(call: Callable[[], Awaitable[T]]) -> T:
+            async with self._slots:
+                return await call()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(limited(call)) for call in calls]
+        except BaseExceptionGroup as failed:
+            # Callers get the SDK's own exception, as from any other call, not a group.
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens``."""
@@ -264,7 +300,12 @@ def attach(base_url: str, api_key: str | None, cls: type[M]) -> ModelContext[M]:
             await client.aclose()
             raise
         info = model_info(props, file_info)
-        return cls(Supervisor(client), info, model_type=info.architecture or "unknown")
+        supervisor = Supervisor(client)
+        try:
+            return await cls.create(supervisor, info, model_type=info.architecture or "unknown")
+        except BaseException:
+            await client.aclose()
+            raise
 
     return ModelContext(connect())
 

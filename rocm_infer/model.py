@@ -14,12 +14,11 @@ concurrent requests in its slots (``LoadConfig.parallel_slots``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .client import EventStream, LlamaServerClient
@@ -86,7 +85,6 @@ class TextModel(ServerModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics: GenerateMetrics | None = None
-        self._slots = asyncio.Semaphore(max(1, self.info.parallel_slots))
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -215,21 +213,6 @@ class TextModel(ServerModel):
 
     # -- batches ---------------------------------------------------------------------------------
 
-    async def _gather_limited(self, calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-        """Run ``calls`` concurrently, at most one per llama-server slot at a time."""
-
-        async def limited(call: Callable[[], Awaitable[Any]]) -> Any:
-            async with self._slots:
-                return await call()
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(limited(call)) for call in calls]
-        except BaseExceptionGroup as failed:
-            # Callers get the SDK's own exception, as from any other call, not a group.
-            raise failed.exceptions[0] from None
-        return [task.result() for task in tasks]
-
     async def batch_generate(
         self, prompts: Iterable[str], config: GenerateConfig | None = None, **options: Any
     ) -> list[BatchResult]:
@@ -253,8 +236,7 @@ class TextModel(ServerModel):
                 return BatchResult(tuple(tokens), exc, "error")
             return BatchResult(tuple(tokens), None, stream.finish_reason)
 
-        results: list[BatchResult] = await self._gather_limited([functools.partial(one, p) for p in prompts])
-        return results
+        return await self._gather_limited([functools.partial(one, p) for p in prompts])
 
     async def classify(
         self,
@@ -292,8 +274,7 @@ class TextModel(ServerModel):
             )
             return ClassifyResult(token, candidates)
 
-        results: list[ClassifyResult] = await self._gather_limited([functools.partial(one, p) for p in prompts])
-        return results
+        return await self._gather_limited([functools.partial(one, p) for p in prompts])
 
     async def __aenter__(self) -> TextModel:
         return self

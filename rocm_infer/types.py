@@ -22,6 +22,7 @@ __all__ = [
     "LoadStage",
     "Message",
     "ModelInfo",
+    "RerankResult",
     "Token",
     "TokenKind",
     "TokenLogprob",
@@ -301,6 +302,9 @@ class ModelInfo:
     * ``layer_count``, ``embedding_size``, ``head_count``, ``expert_count``:
       ``<arch>.block_count``, ``.embedding_length``, ``.attention.head_count``,
       ``.expert_count``; ``None`` when the file lacks them.
+    * ``pooling``: how an embedding model turns token vectors into one
+      (``<arch>.pooling_type``: ``"mean"``, ``"cls"``, ``"last"``, ``"rank"``
+      for a reranker, ``"none"``); ``None`` when the file does not say.
     * ``chat_capabilities`` (a loaded model): what llama-server found its chat
       template can do, from ``/props`` ``chat_template_caps`` without the
       ``supports_`` prefix: ``"tools"``, ``"tool_calls"``,
@@ -330,6 +334,7 @@ class ModelInfo:
     embedding_size: int | None = None
     head_count: int | None = None
     expert_count: int | None = None
+    pooling: str | None = None
     tensor_count: int | None = None
     split_count: int = 1
     gguf_version: int | None = None
@@ -370,6 +375,16 @@ class TokenLogprob:
     id: int
     text: str
     logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """One document's relevance to a query: its ``index`` in the documents given, the
+    reranker's ``score`` (higher is more relevant), and the ``document`` itself."""
+
+    index: int
+    score: float
+    document: str
 
 
 @dataclass(frozen=True, slots=True)

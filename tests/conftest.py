@@ -65,6 +65,22 @@ def scripted_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedding_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT embedding model (mean pooling, 48 dimensions, a 512-token context)."""
+    from rocm_infer.tiny_encoders import make_embedding_model
+
+    return make_embedding_model(tmp_path_factory.mktemp("encoders") / "embed.gguf", seed=3, dimensions=48)
+
+
+@pytest.fixture(scope="session")
+def reranker_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT reranker (rank pooling and a classification head; random scores)."""
+    from rocm_infer.tiny_encoders import make_reranker_model
+
+    return make_reranker_model(tmp_path_factory.mktemp("encoders") / "rerank.gguf", seed=3)
+
+
+@pytest.fixture(scope="session")
 def server_binary() -> str:
     """The llama-server binary the SDK would use; skips (or fails under
     ROCM_INFER_REQUIRE_SERVER=1) when there is none."""

@@ -68,10 +68,20 @@ def run_snippets(page: Path, cwd: Path, env: dict[str, str] | None = None) -> su
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_leaked_servers")
 @pytest.mark.parametrize("page", PAGES)
-def test_every_python_example_runs(page: str, tiny_model_path: Path, scripted_model_path: Path, tmp_path: Path) -> None:
+def test_every_python_example_runs(
+    page: str,
+    tiny_model_path: Path,
+    scripted_model_path: Path,
+    embedding_model_path: Path,
+    reranker_model_path: Path,
+    tmp_path: Path,
+) -> None:
     (tmp_path / "model.gguf").symlink_to(tiny_model_path)
     # A model whose chat template takes tools, for the tools and reasoning examples.
     (tmp_path / "tools-model.gguf").symlink_to(scripted_model_path)
+    # An embedding model and a reranker, for the embeddings page.
+    (tmp_path / "embedding-model.gguf").symlink_to(embedding_model_path)
+    (tmp_path / "reranker.gguf").symlink_to(reranker_model_path)
     # A home with a folder of models, for the examples that look in ~/models.
     (tmp_path / "home" / "models").mkdir(parents=True)
     (tmp_path / "home" / "models" / "tiny-llama.gguf").symlink_to(tiny_model_path)

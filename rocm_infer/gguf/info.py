@@ -18,6 +18,9 @@ from ..types import ModelInfo
 from .ggml_types import FILE_TYPE_GUESSED, FILE_TYPES, GGML_TYPES
 from .reader import GGUFHeader, _arch_int, _as_int, read_gguf_header
 
+# llama.cpp's enum llama_pooling_type, as --pooling names it (the GGUF key <arch>.pooling_type).
+_POOLING_TYPES: dict[int | None, str] = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
@@ -150,6 +153,7 @@ def read_gguf_info(path: str | os.PathLike[str]) -> ModelInfo:
         embedding_size=_arch_int(header, "embedding_length"),
         head_count=_arch_int(header, "attention.head_count"),
         expert_count=_arch_int(header, "expert_count"),
+        pooling=_POOLING_TYPES.get(_arch_int(header, "pooling_type")),
         tensor_count=sum(h.tensor_count for h in shards),
         split_count=len(shards),
         gguf_version=header.version,
