@@ -2,7 +2,7 @@
 OpenAI-compatible ``POST /v1/chat/completions`` (streaming and not, with tools
 and reasoning), so the official ``openai`` client pointed at it works unchanged.
 
-    python examples/fastapi_app.py [MODEL.gguf] [--port 8000] [--parallel-slots N]
+    python examples/fastapi_app.py [MODEL.gguf] [--port 8000] [--parallel-slots N] [--embedding-model E.gguf]
 
     import openai
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
@@ -56,15 +56,21 @@ def generate(body: GenerateRequest, model: Model) -> Any:
 
 
 # --8<-- [start:app]
-def create_app(model_path: str | os.PathLike[str] | None = None, **load_options: Any) -> FastAPI:
-    """The service, serving ``model_path`` (default: $ROCM_INFER_MODEL, else the demo model)."""
+def create_app(
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    embedding_model: str | os.PathLike[str] | None = None,
+    **load_options: Any,
+) -> FastAPI:
+    """The service, serving ``model_path`` (default: $ROCM_INFER_MODEL, else the demo model) as
+    "default", and ``embedding_model``, if given, as "embedding" for /v1/embeddings."""
     path = model_path or os.environ.get("ROCM_INFER_MODEL") or demo_model()
-    app = FastAPI(
-        title="rocm_infer example",
-        lifespan=model_lifespan(**{MODEL_NAME: lambda: rocm_infer.load_model(path, **load_options)}),
-    )
+    models: dict[str, Any] = {MODEL_NAME: lambda: rocm_infer.load_model(path, **load_options)}
+    if embedding_model is not None:
+        models["embedding"] = lambda: rocm_infer.load_embedding_model(embedding_model)
+    app = FastAPI(title="rocm_infer example", lifespan=model_lifespan(**models))
     app.post("/generate")(generate)
-    # OpenAI's /v1/chat/completions (tools, reasoning, streaming) and /v1/models, on the loaded models.
+    # OpenAI's /v1/chat/completions (tools, reasoning, streaming), /v1/embeddings and /v1/models.
     app.include_router(openai_router(loaded_models_provider))
     return app
 
@@ -86,8 +92,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--parallel-slots", type=int, default=0, help="0: llama-server's default")
+    parser.add_argument("--embedding-model", help="a GGUF embedding model to serve as 'embedding'")
     args = parser.parse_args()
-    uvicorn.run(create_app(args.model, parallel_slots=args.parallel_slots), host=args.host, port=args.port)
+    app = create_app(args.model, embedding_model=args.embedding_model, parallel_slots=args.parallel_slots)
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

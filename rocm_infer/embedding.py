@@ -186,23 +186,31 @@ class EmbeddingModel(_Encoder):
         TypeError. Inputs go in requests of ``batch_size`` (64), one per
         llama-server slot at a time; cancelling the call cancels them all.
         """
+        np = _numpy() if as_numpy else None
+        vectors, _ = await self._embed(texts, normalize=normalize, truncate=truncate, batch_size=batch_size)
+        if np is not None:
+            if not vectors:
+                return np.zeros((0, self.dimensions), dtype=np.float32)
+            return np.frombuffer(b"".join(v.tobytes() for v in vectors), dtype=np.float32).reshape(len(vectors), -1)
+        return [v.tolist() for v in vectors]
+
+    async def _embed(
+        self, texts: str | Sequence[str], *, normalize: bool | None, truncate: bool, batch_size: int | None
+    ) -> tuple[list[array.array[float]], int]:
+        """:meth:`embed`'s work: the float32 vectors, and the prompt tokens the server counted."""
         items = _texts(texts, "texts")
         size = _check_batch_size(batch_size)
-        np = _numpy() if as_numpy else None
         if not items:
-            return np.zeros((0, self.dimensions), dtype=np.float32) if np is not None else []
+            return [], 0
         await self._supervisor.ready()
         batches = _chunks(len(items), size)
         calls = [functools.partial(self._embed_batch, items, part, normalize, truncate) for part in batches]
         results = await self._gather_limited(calls)
-        vectors = [vector for batch in results for vector in batch]
-        if np is not None:
-            return np.frombuffer(b"".join(v.tobytes() for v in vectors), dtype=np.float32).reshape(len(vectors), -1)
-        return [v.tolist() for v in vectors]
+        return [vector for batch, _ in results for vector in batch], sum(tokens for _, tokens in results)
 
     async def _embed_batch(
         self, items: list[str], part: range, normalize: bool | None, truncate: bool
-    ) -> list[array.array[float]]:
+    ) -> tuple[list[array.array[float]], int]:
         inputs: list[Input] = [items[i] for i in part]
         for attempt in (1, 2):
             body = embeddings_body(inputs, normalize=normalize)
@@ -213,7 +221,9 @@ class EmbeddingModel(_Encoder):
                     raise await self._fit([items[i] for i in part], exc, part.start, "text") from exc
                 inputs = await self._truncated([items[i] for i in part], self._limit(exc))
                 continue
-            return vectors_from(response, len(part), self.client.base_url)
+            usage = response.get("usage") if isinstance(response, dict) else None
+            tokens = usage.get("prompt_tokens", 0) if isinstance(usage, dict) else 0
+            return vectors_from(response, len(part), self.client.base_url), int(tokens)
         raise AssertionError("unreachable")
 
     async def _truncated(self, texts: list[str], limit: int) -> list[Input]:

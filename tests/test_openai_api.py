@@ -142,3 +142,38 @@ async def test_bad_requests_are_openai_errors_before_anything_is_sent(url: str) 
                 messages=[{"role": "user", "content": "hi"}],
                 tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}],  # type: ignore[list-item]
             )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def with_embeddings(
+    scripted_model_path: Path, embedding_model_path: Path, server_binary: str
+) -> AsyncIterator[tuple[str, Any]]:
+    before = llama_server_pids(server_binary)
+    app = fastapi_app.create_app(scripted_model_path, embedding_model=embedding_model_path)
+    async with serving(app) as served:
+        from rocm_infer.integrations.fastapi import loaded_models
+
+        yield served, loaded_models(app)["embedding"]
+    assert not llama_server_pids(server_binary) - before
+
+
+async def test_the_openai_clients_embeddings_create_works_unchanged(with_embeddings: tuple[str, Any]) -> None:
+    url, emb = with_embeddings
+    texts = ["the cat sat on the mat", "dogs ran far", "blue sky"]
+    direct = await emb.embed(texts)
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+        # The client asks for base64 by default and decodes it; float lists on request.
+        reply = await client.embeddings.create(model="embedding", input=texts)
+        floats = await client.embeddings.create(model="embedding", input=texts, encoding_format="float")
+        one = await client.embeddings.create(model="embedding", input="dogs ran far")
+        with pytest.raises(openai.BadRequestError, match="is a text model, not an embedding model"):
+            await client.embeddings.create(model="default", input="x")
+        with pytest.raises(openai.BadRequestError, match="is an embedding model, not a text model"):
+            await client.chat.completions.create(model="embedding", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError, match="dimensions"):
+            await client.embeddings.create(model="embedding", input="x", dimensions=3)
+    assert [d.index for d in reply.data] == [0, 1, 2]
+    assert [d.embedding for d in reply.data] == [pytest.approx(v, abs=1e-6) for v in direct]
+    assert [d.embedding for d in floats.data] == [pytest.approx(v, abs=1e-6) for v in direct]
+    assert one.data[0].embedding == pytest.approx(direct[1], abs=1e-6)
+    assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens

@@ -47,13 +47,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from ..backend import load_model
 from ..errors import RocmInferError
-from ..model import TextModel
+from ..lifecycle import ServerModel
 from ..stream import TokenStream
 from ..types import Token
 
@@ -78,7 +79,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 """The name :func:`get_model` looks up."""
 
-ModelSource = str | os.PathLike[str] | Awaitable[TextModel] | Callable[[], Awaitable[TextModel]]
+ModelSource = str | os.PathLike[str] | Awaitable[ServerModel] | Callable[[], Awaitable[ServerModel]]
 """What a model is loaded from: a GGUF path (loaded with default options), an
 awaitable such as ``rocm_infer.load_model(path, ...)`` (awaited once, at the
 first start-up), or a function returning one (called at every start-up)."""
@@ -101,20 +102,21 @@ def _check_sources(sources: Mapping[str, ModelSource]) -> dict[str, ModelSource]
     return checked
 
 
-async def _load(name: str, source: ModelSource) -> TextModel:
+async def _load(name: str, source: ModelSource) -> ServerModel:
+    model: object
     if isinstance(source, str | os.PathLike):
         model = await load_model(source)
     elif inspect.isawaitable(source):
         model = await source
     else:
         model = await source()
-    if not isinstance(model, TextModel):
-        raise TypeError(f"model {name!r}: its source gave {type(model).__name__}, not a TextModel")
+    if not isinstance(model, ServerModel):
+        raise TypeError(f"model {name!r}: its source gave {type(model).__name__}, not a rocm_infer model")
     return model
 
 
 @contextlib.asynccontextmanager
-async def load_models(app: FastAPI, **sources: ModelSource) -> AsyncIterator[Mapping[str, TextModel]]:
+async def load_models(app: FastAPI, **sources: ModelSource) -> AsyncIterator[Mapping[str, ServerModel]]:
     """Load the named models for ``app`` and close them on exit.
 
     For use inside a lifespan of your own (:func:`model_lifespan` is this
@@ -132,7 +134,7 @@ async def load_models(app: FastAPI, **sources: ModelSource) -> AsyncIterator[Map
     checked = _check_sources(sources)
     if getattr(app.state, _STATE_KEY, None) is not None:
         raise RuntimeError("this app already has models loaded (load_models is already active for it)")
-    models: dict[str, TextModel] = {}
+    models: dict[str, ServerModel] = {}
     async with contextlib.AsyncExitStack() as stack:
         for name, source in checked.items():
             model = await _load(name, source)
@@ -164,13 +166,13 @@ def model_lifespan(**sources: ModelSource) -> Callable[[FastAPI], AbstractAsyncC
     return lifespan
 
 
-def loaded_models(app: FastAPI) -> Mapping[str, TextModel]:
+def loaded_models(app: FastAPI) -> Mapping[str, ServerModel]:
     """The models :func:`load_models` holds for ``app`` (read-only).
 
     Raises ``RuntimeError`` if none are loaded (the app is not running, or its
     lifespan does not load models).
     """
-    models: Mapping[str, TextModel] | None = getattr(app.state, _STATE_KEY, None)
+    models: Mapping[str, ServerModel] | None = getattr(app.state, _STATE_KEY, None)
     if models is None:
         raise RuntimeError(
             "no models are loaded for this app: pass lifespan=model_lifespan(...) to FastAPI, "
@@ -179,7 +181,7 @@ def loaded_models(app: FastAPI) -> Mapping[str, TextModel]:
     return models
 
 
-def model_dependency(name: str = DEFAULT_MODEL) -> Callable[[Request], TextModel]:
+def model_dependency(name: str = DEFAULT_MODEL) -> Callable[[Request], Any]:
     """A FastAPI dependency that hands a route the model loaded as ``name``.
 
     ``model: Annotated[TextModel, Depends(model_dependency("chat"))]``. The
@@ -187,7 +189,7 @@ def model_dependency(name: str = DEFAULT_MODEL) -> Callable[[Request], TextModel
     loaded or none has that name.
     """
 
-    def dependency(request: Request) -> TextModel:
+    def dependency(request: Request) -> Any:
         models = loaded_models(request.app)
         try:
             return models[name]

@@ -12,7 +12,9 @@
 The official ``openai`` client pointed at ``/v1`` works unchanged:
 ``POST /v1/chat/completions`` (streamed and not; tools, ``tool_choice``, tool
 messages, ``reasoning_content`` and ``finish_reason: "tool_calls"`` in
-OpenAI's format; ``reasoning_effort``) and ``GET /v1/models``. The model is
+OpenAI's format; ``reasoning_effort``), ``POST /v1/embeddings`` (float or
+base64) and ``GET /v1/models``; ``POST /v1/rerank`` takes llama-server's
+(Jina and Cohere style) reranking request. The model is
 the one the request names, looked up through a :class:`ModelProvider`: the
 models an app loaded, a pool that loads on demand, or a router. An unknown
 name is a 404 that lists the names that exist; a bad request a 400 in
@@ -28,6 +30,7 @@ Needs the ``fastapi`` extra.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 import uuid
@@ -40,6 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import GenerateConfig
+from ..embedding import EmbeddingModel, Reranker
 from ..errors import APIError, ModelClosedError, RocmInferError, ServerError
 from ..model import TextModel
 from ..stream import TokenStream
@@ -193,6 +197,26 @@ class ChatRequest(BaseModel):
         )
 
 
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request: ``input`` one text or a list of texts."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class RerankRequest(BaseModel):
+    """The reranking request llama-server takes (Jina and Cohere style)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+
+
 # -- responses ---------------------------------------------------------------------------------------
 
 
@@ -271,6 +295,18 @@ def _unknown_model(name: str, provider: ModelProvider) -> JSONResponse:
     )
 
 
+def _kind(model: object) -> str:
+    for cls, words in ((TextModel, "a text model"), (EmbeddingModel, "an embedding model"), (Reranker, "a reranker")):
+        if isinstance(model, cls):
+            return words
+    return f"a {type(model).__name__}"
+
+
+def _wrong_kind(name: str, model: object, wanted: str) -> JSONResponse:
+    message = f"the model {name!r} is {_kind(model)}, not {wanted}"
+    return openai_error(400, message, "invalid_request_error", "wrong_model_type")
+
+
 async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
     try:
         lease = provider.lease(body.model)
@@ -279,6 +315,9 @@ async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
     stack = contextlib.AsyncExitStack()
     try:
         model = await stack.enter_async_context(lease)
+        if not isinstance(model, TextModel):
+            await stack.aclose()
+            return _wrong_kind(body.model, model, "a text model")
         stream = body.start(model)
     except (TypeError, ValueError) as exc:
         await stack.aclose()
@@ -319,6 +358,53 @@ async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
     }
 
 
+async def _embeddings(body: EmbeddingRequest, provider: ModelProvider) -> Any:
+    try:
+        lease = provider.lease(body.model)
+    except KeyError:
+        return _unknown_model(body.model, provider)
+    async with lease as model:
+        if not isinstance(model, EmbeddingModel):
+            return _wrong_kind(body.model, model, "an embedding model")
+        if body.dimensions is not None and body.dimensions != model.dimensions:
+            return openai_error(400, f"the model {body.model!r} makes vectors of {model.dimensions} dimensions only")
+        try:
+            vectors, tokens = await model._embed(body.input, normalize=None, truncate=False, batch_size=None)
+        except (TypeError, ValueError) as exc:
+            return openai_error(400, str(exc))
+        except RocmInferError as exc:
+            kind = "invalid_request_error" if error_status(exc) < 500 else "server_error"
+            return openai_error(error_status(exc), _message_of(exc), kind)
+    if body.encoding_format == "base64":
+        data = [base64.b64encode(v.tobytes()).decode() for v in vectors]
+    else:
+        data = [v.tolist() for v in vectors]  # type: ignore[misc]
+    return {
+        "object": "list",
+        "model": body.model,
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+async def _rerank(body: RerankRequest, provider: ModelProvider) -> Any:
+    try:
+        lease = provider.lease(body.model)
+    except KeyError:
+        return _unknown_model(body.model, provider)
+    async with lease as model:
+        if not isinstance(model, Reranker):
+            return _wrong_kind(body.model, model, "a reranker")
+        try:
+            ranked = await model.rerank(body.query, body.documents, top_n=body.top_n)
+        except (TypeError, ValueError) as exc:
+            return openai_error(400, str(exc))
+        except RocmInferError as exc:
+            return openai_error(error_status(exc), _message_of(exc), "server_error")
+    results = [{"index": r.index, "relevance_score": r.score, "document": {"text": r.document}} for r in ranked]
+    return {"object": "list", "model": body.model, "results": results}
+
+
 def openai_router(provider: Any) -> APIRouter:
     """The OpenAI-compatible routes (``/v1/chat/completions``, ``/v1/models``) over ``provider``.
 
@@ -335,6 +421,16 @@ def openai_router(provider: Any) -> APIRouter:
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         """OpenAI's chat completions: a ``chat.completion``, or with ``stream`` its chunks and ``[DONE]``."""
         return await _chat(body, resolve(request))
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+        """OpenAI's embeddings: one vector per input, in order (float lists, or base64 float32)."""
+        return await _embeddings(body, resolve(request))
+
+    @router.post("/v1/rerank")
+    async def rerank(body: RerankRequest, request: Request) -> Any:
+        """Every document's relevance to the query, best first (the ``top_n`` best, if given)."""
+        return await _rerank(body, resolve(request))
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
