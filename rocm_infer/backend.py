@@ -157,6 +157,18 @@ def server_args(model_path: str, config: LoadConfig, context_len: int, role_args
     args += ["--threads", str(config.threads or default_threads())]
     if config.adapter_path is not None:
         args += ["--lora", config.adapter_path]
+    if config.mmproj_path is not None:
+        args += ["--mmproj", config.mmproj_path]
+    if config.draft_model_path is not None:
+        args += ["--spec-draft-model", config.draft_model_path]
+    if config.draft_max is not None:
+        args += ["--spec-draft-n-max", str(config.draft_max)]
+    if config.draft_gpu_layers is not None:
+        args += ["--spec-draft-ngl", "all" if config.draft_gpu_layers == -1 else str(config.draft_gpu_layers)]
+    if config.speculative:
+        args += ["--spec-type", ",".join(config.speculative)]
+    if config.rpc_servers:
+        args += ["--rpc", ",".join(config.rpc_servers)]
     args += role_args
     args += config.extra_args
     return args
@@ -169,6 +181,9 @@ def _preflight(path: str, config: LoadConfig) -> tuple[str, ModelInfo]:
     model_path = check_gguf_file(path)
     if config.adapter_path is not None and not os.path.isfile(config.adapter_path):
         raise ModelNotFoundError(config.adapter_path)
+    for extra in (config.mmproj_path, config.draft_model_path):
+        if extra is not None:
+            check_gguf_file(extra)
     return binary, read_gguf_info(model_path)
 
 

@@ -21,6 +21,9 @@ __all__ = ["GenerateConfig", "LoadConfig", "RestartPolicy"]
 
 _C = TypeVar("_C", "GenerateConfig", "LoadConfig")
 
+# llama-server's draft-free speculative decoding modes (--spec-type).
+SPECULATIVE_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
+
 # Fields of a request body the SDK itself sets; extra_body may not override them.
 _RESERVED_BODY_KEYS = frozenset({"stream", "prompt", "messages", "stream_options"})
 
@@ -185,6 +188,19 @@ class LoadConfig:
       when ``gpu_layers`` is -1; without it such a load only logs a warning.
       Checked by the ROCm backend (the GPU is ``devices[0]``, else the
       discrete GPU), where the amdgpu driver reports VRAM.
+    * ``mmproj_path``: a multimodal projector GGUF (``--mmproj``): with it the
+      model takes images (or audio) in chat messages; ``model.info.modalities``
+      says which.
+    * ``draft_model_path``: a smaller model of the same vocabulary that drafts
+      tokens for speculative decoding (``--spec-draft-model``);
+      ``draft_max``: tokens it drafts at most per step (``--spec-draft-n-max``);
+      ``draft_gpu_layers``: its layers on the GPU (-1: all; ``--spec-draft-ngl``).
+    * ``speculative``: draft-free speculative decoding modes
+      (``--spec-type``): ``"ngram-simple"``, ``"ngram-map-k"``,
+      ``"ngram-map-k4v"``, ``"ngram-mod"``, ``"ngram-cache"`` (a name or a
+      sequence of names).
+    * ``rpc_servers``: ``"host:port"`` of llama.cpp RPC workers to split the
+      model over (``--rpc``; see ``rocm-infer rpc-worker``).
     * ``restart``: a :class:`RestartPolicy` to start llama-server again after
       it crashed (``True``: the default policy; an int ``n``: at most ``n``
       restarts in the default window); ``None`` (the default), ``False`` or
@@ -203,6 +219,12 @@ class LoadConfig:
     max_startup_time: float = defaults.MAX_STARTUP_TIME
     idle_timeout: float | None = defaults.IDLE_TIMEOUT
     adapter_path: str | None = None
+    mmproj_path: str | None = None
+    draft_model_path: str | None = None
+    draft_max: int | None = None
+    draft_gpu_layers: int | None = None
+    speculative: tuple[str, ...] = ()
+    rpc_servers: tuple[str, ...] = ()
     restart: RestartPolicy | None = None
     check_fit: bool = False
 
@@ -241,7 +263,22 @@ class LoadConfig:
         ):
             raise TypeError("env must be a mapping of str to str")
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
-        for name in ("server_path", "adapter_path"):
+        _check_int("draft_max", self.draft_max, minimum=0, optional=True)
+        _check_int("draft_gpu_layers", self.draft_gpu_layers, minimum=-1, optional=True)
+        speculative = (self.speculative,) if isinstance(self.speculative, str) else tuple(self.speculative)
+        unknown = [s for s in speculative if s not in SPECULATIVE_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown speculative mode(s) {unknown}; the draft-free modes are {list(SPECULATIVE_TYPES)}"
+            )
+        object.__setattr__(self, "speculative", speculative)
+        rpc = (self.rpc_servers,) if isinstance(self.rpc_servers, str) else tuple(self.rpc_servers)
+        for server in rpc:
+            host, _, port = server.rpartition(":") if isinstance(server, str) else ("", "", "")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"rpc_servers entries must be 'host:port', got {server!r}")
+        object.__setattr__(self, "rpc_servers", rpc)
+        for name in ("server_path", "adapter_path", "mmproj_path", "draft_model_path"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str | os.PathLike):
