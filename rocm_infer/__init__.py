@@ -39,12 +39,14 @@ from .errors import (
     ServerError,
     ServerExitedError,
     ServerStartError,
+    StructuredOutputError,
 )
 from .gguf import read_gguf_info
 from .gpu import GpuInfo, VramInfo, gpus, vram_info
 from .lifecycle import ModelContext, ServerModel
 from .model import TextModel, connect
 from .server import LlamaServer, ServerSpec
+from .serving import Endpoint, EndpointState, Router
 from .stream import TokenStream
 from .tools import Tool
 from .types import (
@@ -74,6 +76,8 @@ __all__ = [
     "Completion",
     "ContextLengthError",
     "EmbeddingModel",
+    "Endpoint",
+    "EndpointState",
     "EventLoopError",
     "EventStream",
     "GenerateConfig",
@@ -98,12 +102,14 @@ __all__ = [
     "RestartPolicy",
     "RocmBackend",
     "RocmInferError",
+    "Router",
     "ServerError",
     "ServerExitedError",
     "ServerModel",
     "ServerSpec",
     "ServerStartError",
     "SkippedFile",
+    "StructuredOutputError",
     "TextModel",
     "Token",
     "TokenLogprob",

@@ -35,12 +35,12 @@ import anyio.to_thread
 from .config import LoadConfig
 from .defaults import CONTEXT_CAP, default_threads
 from .embedding import EmbeddingModel, Reranker
-from .errors import BinaryNotFoundError, InsufficientVRAMError, ModelNotFoundError
+from .errors import BinaryNotFoundError, InsufficientVRAMError, ModelNotFoundError, ServerStartError
 from .gguf import check_gguf_file, read_gguf_info
 from .gpu import SYSFS, GpuInfo, VramMonitor, choose_device, gpus
 from .lifecycle import ModelContext, ServerModel, model_info
 from .model import TextModel
-from .server import LlamaServer, clean_environment
+from .server import LlamaServer, clean_environment, strip_log_prefix
 from .supervisor import Supervisor
 from .types import LoadProgress, ModelInfo, format_bytes
 
@@ -159,14 +159,16 @@ def server_args(model_path: str, config: LoadConfig, context_len: int, role_args
         args += ["--lora", config.adapter_path]
     if config.mmproj_path is not None:
         args += ["--mmproj", config.mmproj_path]
+    spec_types = list(config.speculative)
     if config.draft_model_path is not None:
         args += ["--spec-draft-model", config.draft_model_path]
+        spec_types.insert(0, "draft-simple")  # llama-server loads a draft model but uses it only then
     if config.draft_max is not None:
         args += ["--spec-draft-n-max", str(config.draft_max)]
     if config.draft_gpu_layers is not None:
         args += ["--spec-draft-ngl", "all" if config.draft_gpu_layers == -1 else str(config.draft_gpu_layers)]
-    if config.speculative:
-        args += ["--spec-type", ",".join(config.speculative)]
+    if spec_types:
+        args += ["--spec-type", ",".join(spec_types)]
     if config.rpc_servers:
         args += ["--rpc", ",".join(config.rpc_servers)]
     args += role_args
@@ -174,9 +176,10 @@ def server_args(model_path: str, config: LoadConfig, context_len: int, role_args
     return args
 
 
-def _preflight(path: str, config: LoadConfig) -> tuple[str, ModelInfo]:
-    """Everything that can be checked before a process starts: the binary, the
-    model file, the adapter. Blocking file I/O, so it runs in a worker thread."""
+def _preflight(path: str, config: LoadConfig) -> tuple[str, ModelInfo, int]:
+    """Everything that can be checked before a process starts: the binary, the model file, the
+    adapter, the projector and the draft model (whose size is returned, for check_fit). Blocking
+    file I/O, so it runs in a worker thread."""
     binary = find_llama_server(config.server_path)
     model_path = check_gguf_file(path)
     if config.adapter_path is not None and not os.path.isfile(config.adapter_path):
@@ -184,24 +187,31 @@ def _preflight(path: str, config: LoadConfig) -> tuple[str, ModelInfo]:
     for extra in (config.mmproj_path, config.draft_model_path):
         if extra is not None:
             check_gguf_file(extra)
-    return binary, read_gguf_info(model_path)
+    draft_size = os.path.getsize(config.draft_model_path) if config.draft_model_path is not None else 0
+    return binary, read_gguf_info(model_path), draft_size
 
 
-def check_fit(info: ModelInfo, config: LoadConfig, device: GpuInfo | None) -> None:
-    """Warn, or with ``config.check_fit`` raise InsufficientVRAMError, when every
-    layer is to go to ``device`` and the model file is larger than its free VRAM."""
+def check_fit(info: ModelInfo, config: LoadConfig, device: GpuInfo | None, draft_size: int = 0) -> None:
+    """Warn, or with ``config.check_fit`` raise InsufficientVRAMError, when every layer is to go
+    to ``device`` and the model file (with its draft model's ``draft_size``, when that goes to
+    the GPU too) is larger than its free VRAM."""
     if device is None or config.gpu_layers != -1 or info.file_size is None:
         return
-    if info.file_size <= device.vram_free:
+    draft = draft_size if config.draft_gpu_layers in (None, -1) else 0
+    required = info.file_size + draft
+    if required <= device.vram_free:
         return
+    what = f"model {info.path!r} ({format_bytes(info.file_size)})"
+    if draft:
+        what += f" with its draft model ({format_bytes(draft)})"
     message = (
-        f"model {info.path!r} ({format_bytes(info.file_size)}) is larger than the free VRAM of GPU "
+        f"{what} is larger than the free VRAM of GPU "
         f"{device.index} ({device.name}: {format_bytes(device.vram_free)} free of "
         f"{format_bytes(device.vram_total)}); offload fewer layers (gpu_layers) or free VRAM"
     )
     if config.check_fit:
         raise InsufficientVRAMError(
-            message, required=info.file_size, available=device.vram_free, device=device.index, path=info.path
+            message, required=required, available=device.vram_free, device=device.index, path=info.path
         )
     logger.warning("%s", message)
 
@@ -294,9 +304,9 @@ class LlamaCppBackend:
         length; they come before ``LoadConfig.extra_args``, which win. If the
         model class refuses the started server, the server is stopped.
         """
-        binary, file_info = await anyio.to_thread.run_sync(_preflight, path, config)
+        binary, file_info, draft_size = await anyio.to_thread.run_sync(_preflight, path, config)
         device = await anyio.to_thread.run_sync(self.device, config)
-        check_fit(file_info, config, device)
+        check_fit(file_info, config, device, draft_size)
         model_path = file_info.path
         assert model_path is not None
         context_len = _context_len(config, file_info.train_context_len)
@@ -315,6 +325,8 @@ class LlamaCppBackend:
         await server.start()
         model: M | None = None
         try:
+            if config.draft_model_path is not None:
+                await _check_draft(server, config.draft_model_path)
             assert server.props is not None  # start() read it to check the server is ours
             info = model_info(server.props, file_info)
             logger.info("loaded %s with the %s backend (context %d)", model_path, self.name, info.context_len)
@@ -332,6 +344,23 @@ class LlamaCppBackend:
             with anyio.CancelScope(shield=True):
                 await (model.close() if model is not None else server.stop())
             raise
+
+
+# What llama-server prints when it loaded a draft model it cannot use (it then serves without it).
+_DRAFT_FAILED = "failed to initialize speculative decoding context"
+
+
+async def _check_draft(server: LlamaServer, draft_path: str) -> None:
+    """ServerStartError if llama-server refused the draft model (a different vocabulary, say):
+    it says so in its log and goes on without speculation, which is not what was asked for."""
+    # The refusal is printed before "listening on": once the drain has read that, it has read this.
+    output = await server.output_through_startup()
+    for line in output.splitlines():
+        if _DRAFT_FAILED in line:
+            raise ServerStartError(
+                f"llama-server cannot use the draft model {draft_path!r}: {strip_log_prefix(line)}",
+                output_tail=output,
+            )
 
 
 _ROCM_DEVICE_FILTERS = frozenset({"ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"})

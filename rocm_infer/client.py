@@ -355,6 +355,10 @@ class LlamaServerClient:
         ``"stop": true`` with ``timings``."""
         return EventStream(self, "/completion", {**body, "stream": True}, terminator="stop")
 
+    def stream_infill(self, body: Mapping[str, Any]) -> EventStream:
+        """POST /infill (fill-in-the-middle) streamed; events as /completion's."""
+        return EventStream(self, "/infill", {**body, "stream": True}, terminator="stop")
+
     def stream_openai_completion(self, body: Mapping[str, Any]) -> EventStream:
         """POST /v1/completions streamed (OpenAI format, ends with ``[DONE]``)."""
         return EventStream(self, "/v1/completions", {**body, "stream": True}, terminator="done")

@@ -82,6 +82,9 @@ class GenerateConfig:
     * ``stop``: strings that end the generation; they are not part of the text.
     * ``stop_tokens``: token ids that end the generation, checked by the SDK
       as tokens arrive; the stopping token is not yielded.
+    * ``logprobs``: give every token its log-probability (``Token.logprob``)
+      and its ``logprobs`` most likely candidates (``Token.top_logprobs``; 0:
+      the chosen token's only). ``None``: no probabilities (and no cost).
     * ``extra_body``: any other llama-server request field, sent as is.
     """
 
@@ -95,6 +98,7 @@ class GenerateConfig:
     stop: tuple[str, ...] = ()
     stop_tokens: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    logprobs: int | None = None
     # Compared, not hashed (a mapping has no hash), so configs stay usable as dict keys.
     extra_body: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
@@ -106,6 +110,9 @@ class GenerateConfig:
         _check_float("min_p", self.min_p, low=0.0, high=1.0, optional=True)
         _check_float("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True, optional=True)
         _check_int("seed", self.seed, minimum=0, optional=True)
+        _check_int("logprobs", self.logprobs, minimum=0, optional=True)
+        if self.logprobs is not None and self.logprobs > 100:
+            raise ValueError(f"logprobs must be <= 100, got {self.logprobs}")
         if not isinstance(self.ignore_eos, bool):
             raise TypeError(f"ignore_eos must be a bool, not {type(self.ignore_eos).__name__}")
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop

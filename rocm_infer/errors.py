@@ -17,6 +17,7 @@ working::
     ├── APIError                     llama-server answered with an error
     │   └── ContextLengthError       the prompt does not fit the context window
     ├── ProtocolError                the response broke the SSE/JSON protocol
+    ├── StructuredOutputError        the output does not fit the schema it was asked for
     ├── APITimeoutError              (also builtins.TimeoutError) a deadline passed
     ├── ModelClosedError             the model was used after close()
     └── EventLoopError               (also RuntimeError) the model was used from another event loop
@@ -48,6 +49,7 @@ __all__ = [
     "ServerError",
     "ServerExitedError",
     "ServerStartError",
+    "StructuredOutputError",
 ]
 
 
@@ -223,6 +225,20 @@ class ProtocolError(RocmInferError):
         super().__init__(message)
         self.url = url
         self.text = text
+
+
+class StructuredOutputError(RocmInferError):
+    """A generation asked for structured output did not give a value of the schema.
+
+    ``reason`` is ``"length"`` (cut off by the token limit), ``"not_json"``
+    or ``"invalid"`` (JSON that does not fit the schema); ``text`` is the
+    whole output. No partial object is ever returned instead.
+    """
+
+    def __init__(self, message: str, text: str, reason: str) -> None:
+        super().__init__(message)
+        self.text = text
+        self.reason = reason
 
 
 class APITimeoutError(RocmInferError, builtins.TimeoutError):

@@ -26,9 +26,10 @@ from .config import GenerateConfig
 from .endpoints.base import EventAdapter, sampling_body
 from .endpoints.chat import ChatAdapter, Reasoning, chat_body
 from .endpoints.completion import CompletionAdapter, completion_body
-from .errors import RocmInferError
+from .errors import APIError, RocmInferError
 from .lifecycle import ModelContext, ServerModel, attach
 from .stream import TokenStream
+from .structured import OutputSchema
 from .tools import Tool, ToolChoice, as_tools
 from .types import (
     BatchResult,
@@ -85,6 +86,9 @@ class TextModel(ServerModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.metrics: GenerateMetrics | None = None
+        # Whether the server's vocabulary has fill-in-the-middle tokens: the file's word, or what
+        # the server said to the first /infill (None: not known yet).
+        self._fim: bool | None = self.info.fim
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -99,7 +103,15 @@ class TextModel(ServerModel):
             self.metrics = metrics
         return metrics
 
-    def generate(self, prompt: str, config: GenerateConfig | None = None, **options: Any) -> TokenStream:
+    def generate(
+        self,
+        prompt: str,
+        config: GenerateConfig | None = None,
+        *,
+        json_schema: Any = None,
+        grammar: str | None = None,
+        **options: Any,
+    ) -> TokenStream:
         """Stream the continuation of ``prompt``.
 
         ``options`` are :class:`~rocm_infer.config.GenerateConfig` fields that
@@ -108,6 +120,12 @@ class TextModel(ServerModel):
         starts. ``await model.generate(...)`` reads it to the end and returns
         a :class:`~rocm_infer.types.Completion`.
 
+        ``json_schema`` (a JSON-schema dict or a pydantic model class)
+        constrains the output to JSON of that schema, and ``stream.parsed`` /
+        ``Completion.parsed`` is the validated value; output cut off, not JSON
+        or not valid raises :class:`~rocm_infer.errors.StructuredOutputError`.
+        ``grammar`` constrains it to a GBNF grammar instead.
+
         Raises ``TypeError``/``ValueError`` for a bad prompt or option, and
         ``ModelClosedError``/``ServerExitedError`` if the model cannot be used,
         all before any request.
@@ -115,9 +133,46 @@ class TextModel(ServerModel):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
         cfg = GenerateConfig.build(config, **options)
+        schema = OutputSchema(json_schema) if json_schema is not None else None
+        if grammar is not None and (not isinstance(grammar, str) or not grammar.strip()):
+            raise TypeError("grammar must be GBNF text (a non-empty str)")
+        if schema is not None and grammar is not None:
+            raise ValueError("give json_schema or grammar, not both")
         self._supervisor.check()
-        body = completion_body(prompt, cfg)
-        return self._stream(lambda client: client.stream_completion(body), CompletionAdapter(cfg))
+        body = completion_body(prompt, cfg, schema=schema, grammar=grammar)
+        return self._stream(lambda client: client.stream_completion(body), CompletionAdapter(cfg, schema))
+
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        config: GenerateConfig | None = None,
+        *,
+        extra_context: Iterable[tuple[str, str] | Mapping[str, str]] = (),
+        **options: Any,
+    ) -> TokenStream:
+        """Stream the text that belongs between ``prefix`` and ``suffix`` (fill-in-the-middle, ``/infill``).
+
+        ``extra_context`` is more of the project for the model to see: pairs
+        ``(filename, text)`` or ``{"filename", "text"}`` mappings. Otherwise as
+        :meth:`generate` (await it for a Completion). Raises ValueError before
+        any request when the model has no fill-in-the-middle tokens
+        (``model.info.fim``), TypeError for a bad argument.
+        """
+        if not isinstance(prefix, str) or not isinstance(suffix, str):
+            raise TypeError("prefix and suffix must be str")
+        extra = [_extra_chunk(chunk) for chunk in extra_context]
+        if self._fim is False:
+            raise ValueError(f"model {self.info.name or self.info.path!r} {_NO_FIM}")
+        cfg = GenerateConfig.build(config, **options)
+        self._supervisor.check()
+        body = completion_body("", cfg)
+        del body["prompt"]
+        body.update(input_prefix=prefix, input_suffix=suffix, input_extra=extra)
+        return self._stream(functools.partial(self._open_infill, body=body), CompletionAdapter(cfg))
+
+    def _open_infill(self, client: LlamaServerClient, *, body: dict[str, Any]) -> EventStream:
+        return _InfillEvents(client, body, self)
 
     def chat(
         self,
@@ -126,6 +181,8 @@ class TextModel(ServerModel):
         tool_choice: ToolChoice | None = None,
         reasoning: Reasoning = None,
         config: GenerateConfig | None = None,
+        *,
+        response_format: Any = None,
         **options: Any,
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (the model's chat template applies).
@@ -143,7 +200,11 @@ class TextModel(ServerModel):
         Tokens have ``kind`` ``"content"``, ``"reasoning"`` or
         ``"tool_call"``; at the end the stream has ``text``, ``reasoning``,
         ``tool_calls`` and ``message``, and ``finish_reason`` is
-        ``"tool_calls"`` when the model called tools. Otherwise as
+        ``"tool_calls"`` when the model called tools. ``response_format`` (a
+        pydantic model class or a JSON-schema dict) constrains the reply to JSON
+        of that schema, sent in the shape llama-server enforces; ``parsed`` is
+        the validated value, and output cut off, not JSON or not valid raises
+        :class:`~rocm_infer.errors.StructuredOutputError`. Otherwise as
         :meth:`generate`. Raises ``ValueError`` before any request for tools
         on a model whose chat template cannot take them, a duplicate tool
         name, a tool schema that is not a JSON-schema object or a
@@ -160,9 +221,10 @@ class TextModel(ServerModel):
                 f"model {self.info.name or self.info.path!r} cannot take tools: its chat template does not render "
                 "them (llama-server reports supports_tools: false)"
             )
-        body = chat_body(msgs, cfg, tools=tool_list, tool_choice=tool_choice, reasoning=reasoning)
+        schema = OutputSchema(response_format) if response_format is not None else None
+        body = chat_body(msgs, cfg, tools=tool_list, tool_choice=tool_choice, reasoning=reasoning, schema=schema)
         self._supervisor.check()
-        return self._stream(lambda client: client.stream_chat_completion(body), ChatAdapter(cfg))
+        return self._stream(lambda client: client.stream_chat_completion(body), ChatAdapter(cfg, schema))
 
     async def run_tools(
         self,
@@ -296,6 +358,48 @@ async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> Message:
         else:
             content = result if isinstance(result, str) else json.dumps(result, default=str)
     return Message("tool", content, tool_call_id=call.id, name=call.name)
+
+
+_NO_FIM = "has no fill-in-the-middle tokens (prefix, suffix and middle): infill needs a code model trained for it"
+
+
+class _InfillEvents(EventStream):
+    """/infill's events; a refusal for want of FIM tokens is said plainly, and remembered by the model."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, client: LlamaServerClient, body: Mapping[str, Any], model: TextModel) -> None:
+        super().__init__(client, "/infill", {**body, "stream": True}, terminator="stop")
+        self._model = model
+
+    async def open(self) -> None:
+        try:
+            await super().open()
+        except APIError as exc:
+            if exc.status == 501 and "Infill is not supported" in exc.message:
+                self._model._fim = False
+                info = self._model.info
+                raise APIError(
+                    f"model {info.name or info.path!r} {_NO_FIM} (llama-server: {exc.message})",
+                    status=exc.status,
+                    type=exc.type,
+                    url=exc.url,
+                    body=exc.body,
+                ) from exc
+            raise
+        self._model._fim = True
+
+
+def _extra_chunk(chunk: tuple[str, str] | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(chunk, Mapping):
+        text, filename = chunk.get("text"), chunk.get("filename", "")
+    elif isinstance(chunk, tuple) and len(chunk) == 2:
+        filename, text = chunk
+    else:
+        raise TypeError(f"extra_context items are (filename, text) pairs or mappings, not {chunk!r}")
+    if not isinstance(text, str) or not isinstance(filename, str):
+        raise TypeError(f"extra_context filename and text must be str, got {chunk!r}")
+    return {"filename": filename, "text": text}
 
 
 def connect(base_url: str, *, api_key: str | None = None) -> ModelContext[TextModel]:

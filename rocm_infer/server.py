@@ -199,6 +199,7 @@ class LlamaServer:
         self._exit_task: asyncio.Task[int] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set by output that makes a /health poll worthwhile
+        self._listening = asyncio.Event()  # set when the drain reads the "listening on" line
         self._client: LlamaServerClient | None = None
         self._api_key = secrets.token_urlsafe(32)
         self._progress = StartupProgress(self.spec.model_size, on_progress)
@@ -269,6 +270,13 @@ class LlamaServer:
     def output_tail(self) -> str:
         """The last lines llama-server printed."""
         return "\n".join(self._tail)
+
+    async def output_through_startup(self, within: float = 2.0) -> str:
+        """The output tail once the drain has read llama-server's "listening on" line (all it printed
+        while starting), waiting up to ``within`` seconds for it."""
+        with contextlib.suppress(builtins.TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), within)
+        return self.output_tail
 
     async def wait_exited(self, within: float) -> int | None:
         """Wait up to ``within`` seconds for the process to end; its exit status or None."""
@@ -455,6 +463,7 @@ class LlamaServer:
                 if self.listening_at is None and _LISTENING in raw:
                     # Also after start-up: the health check can finish before this line is read.
                     self.listening_at = time.monotonic()
+                    self._listening.set()
                 if not progress.ready and progress.on_line(raw, line):
                     self._wake.set()
                 self._tail.append(line)

@@ -54,6 +54,8 @@ def metrics_from(
         time_to_first_token=ttft,
         prefill_tokens_per_sec=float(timings.get("prompt_per_second", 0.0)),
         decode_tokens_per_sec=float(timings.get("predicted_per_second", 0.0)),
+        draft_tokens=int(timings.get("draft_n", 0)),
+        draft_accepted=int(timings.get("draft_n_accepted", 0)),
     )
 
 
@@ -67,6 +69,10 @@ class TokenStream:
     ``finish_reason`` (``"stop"``, ``"length"``, ``"tool_calls"``,
     ``"cancelled"`` or ``"error"``), ``metrics`` and ``error`` are filled in;
     a chat reply also has ``reasoning``, ``tool_calls`` and ``message``.
+
+    With structured output (a schema), ``parsed`` holds the validated value
+    at the end; output that does not fit raises
+    :class:`~rocm_infer.errors.StructuredOutputError` after the last token.
 
     Closing it (``await stream.aclose()``, leaving ``async with``, breaking
     out of the loop and dropping it, or cancelling the task that iterates it)
@@ -143,6 +149,12 @@ class TokenStream:
         return self._adapter.message()
 
     @property
+    def parsed(self) -> Any:
+        """The value of the structured output (a pydantic instance or the validated dict), once the
+        stream has ended; None when no schema was given."""
+        return self._adapter.parsed
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
@@ -217,8 +229,12 @@ class TokenStream:
         """The stream is complete: let the adapter settle what it holds, then finish."""
         try:
             await self._adapter.settle(self._buffer, self._detokenize)
+            self._adapter.conclude()  # structured output: a value of the schema, or an error
         except RocmInferError as exc:
             self._finish("error", exc)
+            if self._buffer:
+                self._unraised = exc  # the last tokens are handed out first; the error follows them
+                return
             raise
         self._finish(self._adapter.finish_reason())
 
@@ -301,6 +317,7 @@ class TokenStream:
             tokens=tuple(tokens),
             metrics=self.metrics,
             message=self.message,
+            parsed=self.parsed,
         )
 
     def __await__(self) -> Generator[Any, None, Completion]:

@@ -336,13 +336,17 @@ def make_tiny_model(
     n_head: int = 4,
     n_ff: int = 128,
     eos_logit_bias: float = _BIAS_NEVER,
+    fim: bool = False,
 ) -> pathlib.Path:
     """Write a tiny random llama GGUF to ``path`` and return it as a :class:`pathlib.Path`.
 
     ``n_vocab_words`` takes the first (most common) words of :data:`WORDS`.  ``eos_logit_bias`` is
     added to the logits of ``</s>`` and ``<|im_end|>``: the default makes end-of-generation
     practically never chosen, so tests get exactly the number of tokens they ask for; raise it
-    (e.g. to 0) for a model that stops by itself now and then.
+    (e.g. to 0) for a model that stops by itself now and then.  ``fim`` adds fill-in-the-middle
+    tokens (``<|fim_prefix|>``, ``<|fim_suffix|>``, ``<|fim_middle|>``, named in the metadata) at
+    the end of the vocabulary, so llama-server's ``/infill`` works; without it the file is the same
+    as before the option existed.
 
     The file is written under a temporary name next to ``path`` and renamed into place, so a reader
     never sees a half-written model and concurrent writers of the same seed are harmless.
@@ -352,6 +356,14 @@ def make_tiny_model(
     out = pathlib.Path(path)
     words = _unique(WORDS)[: max(1, n_vocab_words)]
     tokens, scores, types, biases = _build_vocab(words, eos_logit_bias)
+    fim_ids: dict[str, int] = {}
+    if fim:
+        for key, text in (("pre", "<|fim_prefix|>"), ("suf", "<|fim_suffix|>"), ("mid", "<|fim_middle|>")):
+            fim_ids[key] = len(tokens)
+            tokens.append(text)
+            scores.append(0.0)
+            types.append(int(gguf.TokenType.CONTROL))
+            biases.append(_BIAS_NEVER)
     rng = np.random.default_rng(seed)
     tensors = _tensors(
         rng,
@@ -364,7 +376,7 @@ def make_tiny_model(
     )
 
     writer = gguf.GGUFWriter(None, "llama")
-    writer.add_name(f"rocm-infer-tiny-llama-seed{seed}")
+    writer.add_name(f"rocm-infer-tiny-llama-seed{seed}{'-fim' if fim else ''}")
     writer.add_description("random-weight test model with a word-level vocabulary")
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
@@ -388,6 +400,8 @@ def make_tiny_model(
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
+    for key, token_id in fim_ids.items():
+        writer.add_uint32(f"tokenizer.ggml.fim_{key}_token_id", token_id)
 
     for name, array in tensors.items():
         # F16 halves the file; 1-D norm weights must stay F32 for llama.cpp.

@@ -249,6 +249,10 @@ class GenerateMetrics:
     generation ended and ``peak_vram_bytes`` the most seen in use at the end
     of any generation of this model (or after it loaded), both read from the
     amdgpu sysfs files once per generation; ``None`` without a ROCm GPU.
+
+    ``draft_tokens`` and ``draft_accepted`` are the tokens a draft model (or a
+    draft-free speculative mode) proposed and the target model accepted, as
+    llama-server counts them (0 without speculative decoding).
     """
 
     prompt_tokens: int = 0
@@ -262,9 +266,13 @@ class GenerateMetrics:
     decode_tokens_per_sec: float = 0.0
     active_vram_bytes: int | None = None
     peak_vram_bytes: int | None = None
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     def __repr__(self) -> str:
         vram = ""
+        if self.draft_tokens:
+            vram += f", draft={self.draft_accepted}/{self.draft_tokens} accepted"
         if self.active_vram_bytes is not None:
             vram = f", vram={format_bytes(self.active_vram_bytes)}"
         if self.peak_vram_bytes is not None:
@@ -305,6 +313,9 @@ class ModelInfo:
     * ``pooling``: how an embedding model turns token vectors into one
       (``<arch>.pooling_type``: ``"mean"``, ``"cls"``, ``"last"``, ``"rank"``
       for a reranker, ``"none"``); ``None`` when the file does not say.
+    * ``fim``: True when the file names fill-in-the-middle tokens
+      (``tokenizer.ggml.fim_pre/suf/mid_token_id``), False when it has none
+      of them, None when it cannot be told from the header.
     * ``chat_capabilities`` (a loaded model): what llama-server found its chat
       template can do, from ``/props`` ``chat_template_caps`` without the
       ``supports_`` prefix: ``"tools"``, ``"tool_calls"``,
@@ -335,6 +346,7 @@ class ModelInfo:
     head_count: int | None = None
     expert_count: int | None = None
     pooling: str | None = None
+    fim: bool | None = None
     tensor_count: int | None = None
     split_count: int = 1
     gguf_version: int | None = None
@@ -437,7 +449,9 @@ class Completion:
     chat reply, ``finish_reason`` why it ended (``"stop"``, ``"length"``,
     ``"tool_calls"``), ``tokens`` every token in order, ``metrics`` the
     server's figures and ``message`` the assistant Message to append to the
-    history.
+    history. ``parsed``, when a schema was given (``response_format``,
+    ``json_schema``), is the output as a value of it: a pydantic instance or
+    the validated dict.
     """
 
     text: str
@@ -447,6 +461,7 @@ class Completion:
     tokens: tuple[Token, ...]
     metrics: GenerateMetrics
     message: Message
+    parsed: Any = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         calls = f", tool_calls={[c.name for c in self.tool_calls]}" if self.tool_calls else ""

@@ -65,6 +65,12 @@ def scripted_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fim_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with fill-in-the-middle tokens (for infill)."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-fim.gguf", seed=0, fim=True)
+
+
+@pytest.fixture(scope="session")
 def embedding_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT embedding model (mean pooling, 48 dimensions, a 512-token context)."""
     from rocm_infer.tiny_encoders import make_embedding_model

@@ -74,6 +74,7 @@ def test_every_python_example_runs(
     scripted_model_path: Path,
     embedding_model_path: Path,
     reranker_model_path: Path,
+    fim_model_path: Path,
     tmp_path: Path,
 ) -> None:
     (tmp_path / "model.gguf").symlink_to(tiny_model_path)
@@ -82,6 +83,7 @@ def test_every_python_example_runs(
     # An embedding model and a reranker, for the embeddings page.
     (tmp_path / "embedding-model.gguf").symlink_to(embedding_model_path)
     (tmp_path / "reranker.gguf").symlink_to(reranker_model_path)
+    (tmp_path / "coder-model.gguf").symlink_to(fim_model_path)
     # A home with a folder of models, for the examples that look in ~/models.
     (tmp_path / "home" / "models").mkdir(parents=True)
     (tmp_path / "home" / "models" / "tiny-llama.gguf").symlink_to(tiny_model_path)

@@ -192,6 +192,10 @@ async def fake_chat_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         if request.path == "/props":
             caps = {"supports_tools": True}
             return web.json_response({"model_path": "/fake.gguf", "total_slots": 1, "chat_template_caps": caps})
+        if request.path != "/v1/chat/completions":
+            return web.json_response(
+                {"error": {"code": 404, "message": "not here", "type": "not_found_error"}}, status=404
+            )
         bodies.append(await request.json())
         call = {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": '}}
         return web.Response(

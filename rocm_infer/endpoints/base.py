@@ -14,7 +14,8 @@ from typing import Any
 
 from ..client import JSON
 from ..config import GenerateConfig
-from ..types import FinishReason, Message, Token, ToolCall
+from ..structured import OutputSchema
+from ..types import FinishReason, Message, Token, TokenLogprob, ToolCall
 
 __all__ = ["Detokenize", "EventAdapter", "sampling_body"]
 
@@ -52,6 +53,10 @@ def sampling_body(config: GenerateConfig, *, chat: bool) -> dict[str, Any]:
     if config.stop_tokens:
         # So the metrics are the server's even when the SDK ends the stream early.
         body["timings_per_token"] = True
+    if config.logprobs is not None:
+        # Log-probabilities before sampling, for the chosen token and the top candidates.
+        body["n_probs"] = max(1, config.logprobs)
+        body["post_sampling_probs"] = False
     body.update(config.extra_body)
     return body
 
@@ -66,10 +71,15 @@ class EventAdapter:
     * ``stop_type``: the server's own word for why it stopped.
     """
 
-    __slots__ = ("count", "ended", "final", "prompt_tokens", "stop_type", "_content")
+    __slots__ = ("count", "ended", "final", "prompt_tokens", "stop_type", "schema", "parsed", "_content", "_top")
 
-    def __init__(self) -> None:
+    def __init__(self, config: GenerateConfig, schema: OutputSchema | None = None) -> None:
         self.count = 0
+        # Structured output: the schema the text must fit, and the value once it does.
+        self.schema = schema
+        self.parsed: Any = None
+        # How many candidates each token carries (None: no log-probabilities asked for).
+        self._top = config.logprobs
         self.ended = False
         self.final: JSON | None = None
         self.prompt_tokens: int | None = None
@@ -86,6 +96,11 @@ class EventAdapter:
         Raises an SDK error (a ProtocolError for a malformed tool call, say)
         that becomes the stream's error.
         """
+
+    def conclude(self) -> None:
+        """The generation is complete: parse and check structured output (StructuredOutputError)."""
+        if self.schema is not None:
+            self.parsed = self.schema.parse(self.text, self.finish_reason())
 
     def finish_reason(self) -> FinishReason:
         return STOP_TYPES.get(self.stop_type, "stop")
@@ -109,6 +124,16 @@ class EventAdapter:
         """Forget ``tokens``, the last ones appended (read but never handed out: cancelled)."""
         self.count -= len(tokens)
         self._content[:] = [_cut(self.text, sum(len(t.text) for t in tokens if t.kind == "content"))]
+
+
+def logprobs_of(entry: JSON, top: int) -> tuple[float | None, tuple[TokenLogprob, ...]]:
+    """The chosen token's log-probability and its ``top`` candidates, from one probabilities entry."""
+    logprob = entry.get("logprob")
+    candidates = entry.get("top_logprobs") or ()
+    return (
+        float(logprob) if isinstance(logprob, int | float) else None,
+        tuple(TokenLogprob(c["id"], c.get("token", ""), float(c.get("logprob", 0.0))) for c in candidates[:top]),
+    )
 
 
 def _cut(text: str, n: int) -> str:

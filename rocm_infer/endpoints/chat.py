@@ -23,9 +23,10 @@ from typing import Any, Literal
 from ..client import JSON
 from ..config import GenerateConfig
 from ..errors import ProtocolError
+from ..structured import OutputSchema
 from ..tools import Tool, tool_choice_body
-from ..types import Message, Token, TokenKind, ToolCall
-from .base import Detokenize, EventAdapter, _cut, sampling_body
+from ..types import Message, Token, TokenKind, TokenLogprob, ToolCall
+from .base import Detokenize, EventAdapter, _cut, logprobs_of, sampling_body
 
 __all__ = ["ChatAdapter", "Reasoning", "chat_body"]
 
@@ -41,9 +42,20 @@ def chat_body(
     tools: tuple[Tool, ...] = (),
     tool_choice: str | None = None,
     reasoning: Reasoning = None,
+    schema: OutputSchema | None = None,
 ) -> dict[str, Any]:
-    """The ``/v1/chat/completions`` request body; ValueError for a bad tool choice or reasoning value."""
+    """The ``/v1/chat/completions`` request body; ValueError for a bad tool choice or reasoning value.
+
+    ``schema`` asks for structured output, in the ``response_format`` shape the
+    server enforces.
+    """
     body = sampling_body(config, chat=True)
+    if schema is not None:
+        if tools:
+            raise ValueError(
+                "structured output (response_format) cannot be combined with tools: llama-server refuses it"
+            )
+        body["response_format"] = schema.response_format()
     body["messages"] = [m.to_openai() for m in messages]
     body["stream_options"] = {"include_usage": True}
     sent, choice = tool_choice_body(tool_choice, tools)
@@ -81,8 +93,8 @@ class ChatAdapter(EventAdapter):
 
     __slots__ = ("_stop_tokens", "_reasoning", "_calls", "_pending", "_assembled")
 
-    def __init__(self, config: GenerateConfig) -> None:
-        super().__init__()
+    def __init__(self, config: GenerateConfig, schema: OutputSchema | None = None) -> None:
+        super().__init__(config, schema)
         self._stop_tokens = config.stop_tokens
         self._reasoning: list[str] = []
         self._calls: dict[int, _CallParts] = {}
@@ -94,6 +106,7 @@ class ChatAdapter(EventAdapter):
         content = self._content
         stop_tokens = self._stop_tokens
         pending = self._pending
+        top = self._top
         for event in events:
             if "usage" in event:
                 usage = event["usage"]
@@ -123,6 +136,11 @@ class ChatAdapter(EventAdapter):
                 self.stop_type = "stop_token"
                 self.ended = True
                 return
+            if top is not None and items:
+                logprob, candidates = logprobs_of(items[-1], top)
+                self._collect(delta, text, pending)
+                self._release(out, token_id, logprob, candidates)
+                continue
             if pending:
                 self._release(out, token_id)
             if text and len(delta) <= 2:  # the common case: content only (and maybe "role")
@@ -156,9 +174,15 @@ class ChatAdapter(EventAdapter):
                     parts.arguments.append(arguments)
                     pending.append(("tool_call", arguments))
 
-    def _release(self, out: list[Token], token_id: int) -> None:
+    def _release(
+        self,
+        out: list[Token],
+        token_id: int,
+        logprob: float | None = None,
+        candidates: tuple[TokenLogprob, ...] = (),
+    ) -> None:
         for kind, text in self._pending:
-            out.append(Token(token_id, text, kind))
+            out.append(Token(token_id, text, kind, logprob, candidates))
             if kind == "content":
                 self._content.append(text)
             elif kind == "reasoning":

@@ -22,16 +22,24 @@ from typing import Any
 from ..client import JSON
 from ..config import GenerateConfig
 from ..errors import RocmInferError
+from ..structured import OutputSchema
 from ..types import Token
-from .base import Detokenize, EventAdapter, sampling_body
+from .base import Detokenize, EventAdapter, logprobs_of, sampling_body
 
 __all__ = ["CompletionAdapter", "completion_body"]
 
 
-def completion_body(prompt: str, config: GenerateConfig) -> dict[str, Any]:
-    """The ``/completion`` request body for ``prompt`` under ``config``."""
+def completion_body(
+    prompt: str, config: GenerateConfig, *, schema: OutputSchema | None = None, grammar: str | None = None
+) -> dict[str, Any]:
+    """The ``/completion`` request body for ``prompt`` under ``config``, constrained by a JSON
+    ``schema`` or a GBNF ``grammar`` (the native endpoint's ``json_schema`` and ``grammar``)."""
     body = sampling_body(config, chat=False)
     body["prompt"] = prompt
+    if schema is not None:
+        body["json_schema"] = schema.schema
+    if grammar is not None:
+        body["grammar"] = grammar
     return body
 
 
@@ -40,8 +48,8 @@ class CompletionAdapter(EventAdapter):
 
     __slots__ = ("_stop_tokens", "_held")
 
-    def __init__(self, config: GenerateConfig) -> None:
-        super().__init__()
+    def __init__(self, config: GenerateConfig, schema: OutputSchema | None = None) -> None:
+        super().__init__(config, schema)
         self._stop_tokens = config.stop_tokens
         # Tokens whose text llama-server holds back (a stop string may be starting).
         self._held: list[int] | None = [] if config.stop else None
@@ -50,6 +58,7 @@ class CompletionAdapter(EventAdapter):
         parts = self._content
         stop_tokens = self._stop_tokens
         held = self._held
+        top = self._top
         for event in events:
             ids = event.get("tokens")
             if ids:
@@ -66,7 +75,11 @@ class CompletionAdapter(EventAdapter):
                         continue  # a held token is never the last event (stop comes after)
                     if held:
                         self._release_held(out, "")
-                out.append(Token(token_id, text))
+                if top is not None and (probs := event.get("completion_probabilities")):
+                    logprob, candidates = logprobs_of(probs[-1], top)
+                    out.append(Token(token_id, text, "content", logprob, candidates))
+                else:
+                    out.append(Token(token_id, text))
                 parts.append(text)
                 self.count += 1
             if event.get("stop") is True:

@@ -154,6 +154,7 @@ def read_gguf_info(path: str | os.PathLike[str]) -> ModelInfo:
         head_count=_arch_int(header, "attention.head_count"),
         expert_count=_arch_int(header, "expert_count"),
         pooling=_POOLING_TYPES.get(_arch_int(header, "pooling_type")),
+        fim=True if all(f"tokenizer.ggml.fim_{k}_token_id" in header.metadata for k in ("pre", "suf", "mid")) else None,
         tensor_count=sum(h.tensor_count for h in shards),
         split_count=len(shards),
         gguf_version=header.version,
