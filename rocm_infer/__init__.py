@@ -50,10 +50,12 @@ from .serving import Endpoint, EndpointState, Router
 from .stream import TokenStream
 from .tools import Tool
 from .types import (
+    Audio,
     BatchResult,
     ClassifyResult,
     Completion,
     GenerateMetrics,
+    Image,
     LoadProgress,
     Message,
     ModelInfo,
@@ -69,6 +71,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Audio",
     "Backend",
     "BatchResult",
     "BinaryNotFoundError",
@@ -83,6 +86,7 @@ __all__ = [
     "GenerateConfig",
     "GenerateMetrics",
     "GpuInfo",
+    "Image",
     "InsufficientVRAMError",
     "InvalidModelError",
     "LlamaCppBackend",

@@ -188,7 +188,11 @@ class TextModel(ServerModel):
         """Stream the assistant's reply to ``messages`` (the model's chat template applies).
 
         ``messages`` are :class:`~rocm_infer.types.Message` objects or
-        OpenAI-shaped mappings (tool calls and tool results included).
+        OpenAI-shaped mappings (tool calls and tool results included); content
+        may be a list of parts with :class:`~rocm_infer.types.Image` /
+        :class:`~rocm_infer.types.Audio` (or ``image_url`` / ``input_audio``
+        dicts) for a model loaded with a projector (``mmproj_path``): sent to a
+        model without that modality, a ValueError before any request.
         ``tools`` are :class:`~rocm_infer.tools.Tool` values, OpenAI-shaped
         tool dicts or plain Python callables (described from their signature,
         type hints and docstring); ``tool_choice`` is ``"auto"``, ``"none"``,
@@ -215,6 +219,14 @@ class TextModel(ServerModel):
             raise TypeError("chat()'s second argument is tools; pass the GenerateConfig as config=...")
         tool_list = as_tools(tools)
         cfg = GenerateConfig.build(config, **options)
+        media = {type(m).__name__ for message in msgs for m in message.media}
+        wanted = {"Image": "vision", "Audio": "audio"}
+        missing = sorted(wanted[name] for name in media if wanted[name] not in self.info.modalities)
+        if missing:
+            raise ValueError(
+                f"model {self.info.name or self.info.path!r} takes no {' or '.join(missing)} input (its modalities: "
+                f"{sorted(self.info.modalities) or ['text']}): load it with a projector, LoadConfig(mmproj_path=...)"
+            )
         caps = self.info.chat_capabilities
         if tool_list and caps and "tools" not in caps:
             raise ValueError(

@@ -6,18 +6,22 @@ hashable, and safe to share between tasks.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "Audio",
     "BatchResult",
     "ClassifyResult",
     "Completion",
     "FinishReason",
     "GenerateMetrics",
+    "Image",
     "LoadProgress",
     "LoadStage",
     "Message",
@@ -154,6 +158,129 @@ class ToolCall:
         return cls(str(value.get("id") or ""), function.get("name"), arguments, text)  # type: ignore[arg-type]
 
 
+# How an image file starts: its MIME type, by magic bytes (what the projector's loader decodes).
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+_AUDIO_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"RIFF", "wav"),
+    (b"ID3", "mp3"),
+    (b"\xff\xfb", "mp3"),
+    (b"fLaC", "flac"),
+)
+
+
+def _media_bytes(source: object, kind: str) -> tuple[bytes, str]:
+    """(bytes, where they came from) of a path, ``bytes``, a ``data:`` or a ``file:`` URL."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), f"the {kind} bytes given"
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        raise TypeError(f"an {kind} is a path, bytes, or a data: or file: URL, not {type(source).__name__}")
+    if source.startswith("data:"):
+        head, _, payload = source.partition(",")
+        if ";base64" not in head:
+            raise ValueError(f"a data: URL {kind} must be base64 ({head[:40]!r})")
+        try:
+            return base64.b64decode(payload, validate=True), "the data: URL"
+        except ValueError:
+            raise ValueError(f"the data: URL {kind} is not valid base64") from None
+    if source.startswith(("http://", "https://")):
+        raise ValueError(f"{kind} URLs are not fetched: download {source!r} and pass the file or its bytes")
+    path = urllib.parse.unquote(urllib.parse.urlparse(source).path) if source.startswith("file:") else source
+    path = os.path.expanduser(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read(), repr(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, f"{kind} file not found: {path!r}", path) from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read the {kind} file {path!r}: {exc.strerror}", path) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a chat message, for a model loaded with a projector (``mmproj_path``).
+
+    ``Image(source)``: ``source`` is a file path, the image's bytes, or a
+    ``data:`` or ``file:`` URL. The bytes are read at once and must be a PNG,
+    JPEG, GIF or BMP image (ValueError naming the file otherwise;
+    FileNotFoundError for a missing file). Sent as a base64 ``data:`` URL.
+    """
+
+    data: bytes = field(repr=False)
+    mime: str = "image/png"
+
+    def __init__(self, source: str | os.PathLike[str] | bytes) -> None:
+        data, origin = _media_bytes(source, "image")
+        mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+        if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            mime = "image/webp"
+        if mime is None:
+            raise ValueError(f"{origin} is not an image (PNG, JPEG, GIF, BMP or WebP): it starts with {data[:8]!r}")
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "mime", mime)
+
+    def __repr__(self) -> str:
+        return f"Image({self.mime}, {format_bytes(len(self.data))})"
+
+    def to_openai(self) -> dict[str, Any]:
+        url = f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
+        return {"type": "image_url", "image_url": {"url": url}}
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """Audio in a chat message, for a model whose projector takes it: a WAV, MP3 or FLAC file,
+    given as ``Image`` is (path, bytes, ``data:``/``file:`` URL). Sent as OpenAI's ``input_audio``."""
+
+    data: bytes = field(repr=False)
+    format: str = "wav"
+
+    def __init__(self, source: str | os.PathLike[str] | bytes) -> None:
+        data, origin = _media_bytes(source, "audio")
+        kind = next((k for magic, k in _AUDIO_MAGIC if data.startswith(magic)), None)
+        if kind is None or (kind == "wav" and data[8:12] != b"WAVE"):
+            raise ValueError(f"{origin} is not WAV, MP3 or FLAC audio: it starts with {data[:8]!r}")
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "format", kind)
+
+    def __repr__(self) -> str:
+        return f"Audio({self.format}, {format_bytes(len(self.data))})"
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(self.data).decode(), "format": self.format},
+        }
+
+
+ContentPart = str | Image | Audio
+
+
+def _part(value: object) -> ContentPart:
+    """One content part: text, an Image or Audio, or their OpenAI-shaped dicts."""
+    if isinstance(value, str | Image | Audio):
+        return value
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if kind == "text" and isinstance(value.get("text"), str):
+            return str(value["text"])
+        if kind == "image_url":
+            image = value.get("image_url")
+            url = image.get("url") if isinstance(image, Mapping) else image
+            return Image(url)  # type: ignore[arg-type]
+        if kind == "input_audio" and isinstance(value.get("input_audio"), Mapping):
+            return Audio("data:;base64," + str(value["input_audio"].get("data", "")))
+        raise ValueError(f"unknown message content part {dict(value)!r}: expected text, image_url or input_audio")
+    raise TypeError(f"a message content part is text, an Image, Audio or a mapping, not {type(value).__name__}")
+
+
 _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name", "reasoning", "reasoning_content"})
 
 
@@ -161,15 +288,17 @@ _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "nam
 class Message:
     """One chat message.
 
-    ``role`` is one of system, user, assistant, tool, developer. An assistant
-    message may carry the ``tool_calls`` it made and the ``reasoning`` it
-    showed; a tool message answers the call ``tool_call_id`` (``name``: the
+    ``role`` is one of system, user, assistant, tool, developer. ``content``
+    is text, or a sequence of parts: text, :class:`Image` and :class:`Audio`
+    (or their OpenAI-shaped dicts, ``image_url`` and ``input_audio``). An
+    assistant message may carry the ``tool_calls`` it made and the
+    ``reasoning`` it showed; a tool message answers the call ``tool_call_id`` (``name``: the
     tool's name) with its result as ``content``. ``content`` may be ``""``
     for an assistant message that only calls tools.
     """
 
     role: str
-    content: str
+    content: str | tuple[ContentPart, ...]
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
@@ -178,8 +307,10 @@ class Message:
     def __post_init__(self) -> None:
         if not isinstance(self.role, str) or self.role not in ROLES:
             raise ValueError(f"invalid message role {self.role!r}: expected one of {sorted(ROLES)}")
-        if not isinstance(self.content, str):
-            raise TypeError(f"message content must be str, not {type(self.content).__name__}")
+        if isinstance(self.content, list | tuple):
+            object.__setattr__(self, "content", tuple(_part(p) for p in self.content))
+        elif not isinstance(self.content, str):
+            raise TypeError(f"message content must be str or a list of parts, not {type(self.content).__name__}")
         calls = tuple(ToolCall.coerce(c) for c in self.tool_calls)
         if calls and self.role != "assistant":
             raise ValueError(f"only an assistant message has tool_calls, not a {self.role!r} message")
@@ -189,9 +320,24 @@ class Message:
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"message {name} must be str, not {type(value).__name__}")
 
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or the text parts of it joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p for p in self.content if isinstance(p, str))
+
+    @property
+    def media(self) -> tuple[Image | Audio, ...]:
+        """The images and audio among the content's parts."""
+        return tuple(p for p in self.content if isinstance(p, Image | Audio)) if isinstance(self.content, tuple) else ()
+
     def to_openai(self) -> dict[str, Any]:
         """This message in OpenAI's shape, as llama-server's chat endpoint takes it."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        content: Any = self.content
+        if isinstance(content, tuple):
+            content = [{"type": "text", "text": p} if isinstance(p, str) else p.to_openai() for p in content]
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
             out["tool_calls"] = [call.to_openai() for call in self.tool_calls]
         if self.tool_call_id is not None:

@@ -201,3 +201,11 @@ async def test_tools_on_a_model_whose_template_cannot_take_them_are_refused(tiny
             tiny.chat(USER, tools=[get_weather])
         assert tiny.info.name is not None and tiny.info.name in str(info.value)
         assert not [s for s in await tiny.client.slots() if s.get("id_task", -1) >= 0]  # nothing was sent
+
+
+async def test_an_image_to_a_model_without_vision_is_refused_before_any_request(model: TextModel) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
+    tasks = max(s.get("id_task", -1) for s in await model.client.slots())
+    with pytest.raises(ValueError, match=r"takes no vision input.*mmproj_path"):
+        model.chat([{"role": "user", "content": ["What is this?", rocm_infer.Image(png)]}])
+    assert max(s.get("id_task", -1) for s in await model.client.slots()) == tasks

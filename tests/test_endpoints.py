@@ -3,6 +3,7 @@ a fake server for what the real one cannot be made to send (malformed tool-call 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -227,3 +228,35 @@ async def test_a_malformed_tool_call_is_the_streams_error_never_an_empty_dict(
         assert stream.finish_reason == "error" and stream.error is info.value and stream.tool_calls == ()
         assert model.err is None  # a bad answer, not a broken model
     assert bodies[0]["tools"][0]["function"]["name"] == "f" and bodies[0]["stream"] is True
+
+
+async def test_image_parts_reach_a_vision_server_as_data_urls(tmp_path: Any) -> None:
+    # The request's shape, recorded from a fake server that says it takes images (the real server with a
+    # projector made here is tests/test_tiny_projector.py's).
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path in ("/health", "/props"):
+            props = {"status": "ok", "model_path": "/v.gguf", "total_slots": 1, "modalities": {"vision": True}}
+            return web.json_response(props)
+        bodies.append(await request.json())
+        body = sse([chunk({"content": "a cat"}, token=3), chunk(finish="stop"), "[DONE]"])
+        return web.Response(body=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    png = tmp_path / "cat.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 16)
+    try:
+        async with rocm_infer.connect(f"http://127.0.0.1:{server.port}") as model:
+            assert model.info.modalities == {"text", "vision"}
+            reply = await model.chat([{"role": "user", "content": ["What is it?", rocm_infer.Image(png)]}])
+    finally:
+        await server.close()
+    assert reply.text == "a cat"
+    (message,) = bodies[0]["messages"]
+    assert message["content"][0] == {"type": "text", "text": "What is it?"}
+    url = message["content"][1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == png.read_bytes()

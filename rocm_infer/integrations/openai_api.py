@@ -46,6 +46,7 @@ from ..config import GenerateConfig
 from ..embedding import EmbeddingModel, Reranker
 from ..errors import APIError, ModelClosedError, RocmInferError, ServerError
 from ..model import TextModel
+from ..serving import Router
 from ..stream import TokenStream
 from ..types import GenerateMetrics, Token
 from .fastapi import SSEEvent, loaded_models, sse_response
@@ -115,13 +116,10 @@ class ChatMessage(BaseModel):
 
     def to_message(self) -> dict[str, Any]:
         """This message as rocm_infer takes it (an OpenAI-shaped mapping)."""
-        if isinstance(self.content, list):
-            unsupported = sorted({p.type for p in self.content if p.type != "text"})
-            if unsupported:
-                raise ValueError(f"message content parts of type {unsupported} are not supported here")
-            content: str | None = "".join(p.text or "" for p in self.content)
-        else:
-            content = self.content
+        content: Any = self.content
+        if isinstance(content, list):
+            # Text, image_url and input_audio parts, as rocm_infer's Message takes them.
+            content = [p.model_dump(exclude_none=True) for p in content]
         out: dict[str, Any] = {"role": self.role, "content": content}
         for key in ("tool_calls", "tool_call_id", "name", "reasoning_content"):
             value = getattr(self, key)
@@ -186,7 +184,7 @@ class ChatRequest(BaseModel):
             return False
         return "low" if effort == "minimal" else effort
 
-    def start(self, model: TextModel) -> TokenStream:
+    def start(self, model: TextModel | Router) -> TokenStream:
         """The chat stream this request asks for; ValueError/TypeError before any request."""
         return model.chat(
             [m.to_message() for m in self.messages],
@@ -315,7 +313,7 @@ async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
     stack = contextlib.AsyncExitStack()
     try:
         model = await stack.enter_async_context(lease)
-        if not isinstance(model, TextModel):
+        if not isinstance(model, TextModel | Router):
             await stack.aclose()
             return _wrong_kind(body.model, model, "a text model")
         stream = body.start(model)
@@ -364,7 +362,7 @@ async def _embeddings(body: EmbeddingRequest, provider: ModelProvider) -> Any:
     except KeyError:
         return _unknown_model(body.model, provider)
     async with lease as model:
-        if not isinstance(model, EmbeddingModel):
+        if not isinstance(model, EmbeddingModel | Router):
             return _wrong_kind(body.model, model, "an embedding model")
         if body.dimensions is not None and body.dimensions != model.dimensions:
             return openai_error(400, f"the model {body.model!r} makes vectors of {model.dimensions} dimensions only")
