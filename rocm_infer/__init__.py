@@ -46,7 +46,7 @@ from .gpu import GpuInfo, VramInfo, gpus, vram_info
 from .lifecycle import ModelContext, ServerModel
 from .model import TextModel, connect
 from .server import LlamaServer, ServerSpec
-from .serving import Endpoint, EndpointState, Router
+from .serving import Endpoint, EndpointState, LoadedModel, ModelPool, ModelSpec, PoolBusyError, Router
 from .stream import TokenStream
 from .tools import Tool
 from .types import (
@@ -94,12 +94,16 @@ __all__ = [
     "LlamaServerClient",
     "LoadConfig",
     "LoadProgress",
+    "LoadedModel",
     "Message",
     "ModelClosedError",
     "ModelContext",
     "ModelInfo",
     "ModelList",
     "ModelNotFoundError",
+    "ModelPool",
+    "ModelSpec",
+    "PoolBusyError",
     "ProtocolError",
     "RerankResult",
     "Reranker",

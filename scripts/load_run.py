@@ -167,3 +167,87 @@ async def run_round(
         rss_after=rss_bytes(),
         problems=problems,
     )
+
+
+@dataclass
+class PoolRoundReport:
+    requests: int
+    cancelled: int
+    completed: int
+    loads: int
+    seconds: float
+    max_held: int
+    max_memory: int
+    problems: list[str]
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} requests over the pool, {self.cancelled} cancelled, {self.completed} completed, "
+            f"{self.loads} loads, at most {self.max_held} models held and {self.max_memory / 2**20:.1f} MiB, "
+            f"in {self.seconds:.2f}s"
+        )
+
+
+async def run_pool_round(
+    pool: rocm_infer.ModelPool, *, requests: int = 300, cancel_fraction: float = 0.25, seed: int = 0
+) -> PoolRoundReport:
+    """``requests`` concurrent generations spread over every model of ``pool``, a fraction cancelled
+    at random: none lost, none left running, the pool's limits kept at every moment."""
+    rng = random.Random(seed)
+    names = pool.available()
+    to_cancel = set(rng.sample(range(requests), round(requests * cancel_fraction)))
+    loads_before = pool.loads
+    held: list[int] = []
+    memory: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            held.append(len(pool.loaded()))
+            memory.append(pool.memory_in_use())
+            await asyncio.sleep(0.005)
+
+    async def one(i: int) -> str:
+        return await pool.generate(names[i % len(names)], f"request {i}:", max_tokens=8, ignore_eos=True).collect()
+
+    started = time.perf_counter()
+    watcher = asyncio.create_task(watch())
+    tasks = [asyncio.create_task(one(i)) for i in range(requests)]
+    for i in sorted(to_cancel):
+        await asyncio.sleep(rng.random() * 0.005)
+        tasks[i].cancel()
+    await asyncio.wait(tasks)
+    seconds = time.perf_counter() - started
+    watcher.cancel()
+    problems: list[str] = []
+    completed = 0
+    for i, task in enumerate(tasks):
+        if task.cancelled():
+            if i not in to_cancel:
+                problems.append(f"request {i} was not cancelled but its task was")
+        elif task.exception() is not None:
+            problems.append(f"request {i} failed: {task.exception()!r}")
+        elif task.result():
+            completed += 1
+        else:
+            problems.append(f"request {i} got no text")
+    if completed + sum(t.cancelled() for t in tasks) != requests:
+        problems.append("requests were lost")
+    if pool.max_loaded is not None and max(held, default=0) > pool.max_loaded:
+        problems.append(f"{max(held)} models held, more than max_loaded={pool.max_loaded}")
+    if pool.memory_budget is not None and max(memory, default=0) > pool.memory_budget:
+        problems.append(f"{max(memory)} bytes held, more than memory_budget={pool.memory_budget}")
+    for model in pool.loaded():
+        entry_model = pool._entries[model.name].model
+        if entry_model is not None and entry_model.server is not None and entry_model.server.port is not None:
+            if open_connections(entry_model.server.port):
+                problems.append(f"connections to {model.name}'s server still open")
+    return PoolRoundReport(
+        requests=requests,
+        cancelled=len(to_cancel),
+        completed=completed,
+        loads=pool.loads - loads_before,
+        seconds=seconds,
+        max_held=max(held, default=0),
+        max_memory=max(memory, default=0),
+        problems=problems,
+    )

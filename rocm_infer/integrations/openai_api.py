@@ -34,7 +34,7 @@ import base64
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
@@ -44,11 +44,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import GenerateConfig
 from ..embedding import EmbeddingModel, Reranker
-from ..errors import APIError, ModelClosedError, RocmInferError, ServerError
+from ..errors import (
+    APIError,
+    InvalidModelError,
+    ModelClosedError,
+    ModelNotFoundError,
+    RocmInferError,
+    ServerError,
+    ServerStartError,
+)
 from ..model import TextModel
 from ..serving import Router
+from ..serving.pool import PoolBusyError
 from ..stream import TokenStream
-from ..types import GenerateMetrics, Token
+from ..types import Completion, GenerateMetrics, Token
 from .fastapi import SSEEvent, loaded_models, sse_response
 
 __all__ = [
@@ -195,6 +204,40 @@ class ChatRequest(BaseModel):
         )
 
 
+class CompletionRequest(BaseModel):
+    """OpenAI's (legacy) text completion request: continue ``prompt``."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    prompt: str | list[str]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1)
+    echo: bool = False
+
+    def start(self, model: TextModel | Router) -> TokenStream:
+        """The generation this request asks for; ValueError before any request for what it cannot do."""
+        prompt = self.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ValueError("give one prompt per request")
+            prompt = prompt[0]
+        if self.echo:
+            raise ValueError("echo is not supported")
+        options: dict[str, Any] = {"max_tokens": self.max_tokens}
+        for key in ("temperature", "top_p", "seed"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
+        if self.stop:
+            options["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return model.generate(prompt, **options)
+
+
 class EmbeddingRequest(BaseModel):
     """OpenAI's embeddings request: ``input`` one text or a list of texts."""
 
@@ -227,10 +270,13 @@ def openai_error(
 
 
 def error_status(error: RocmInferError) -> int:
-    """The HTTP status for an SDK error: llama-server's own 4xx, 503 for a dead or closed model, else 502."""
+    """The HTTP status for an SDK error: llama-server's own 4xx, 503 for a dead, closed or busy
+    model (a pool with no room), 500 for a model that could not be loaded, else 502."""
     if isinstance(error, APIError) and error.status is not None and 400 <= error.status < 500:
         return error.status
-    return 503 if isinstance(error, ServerError | ModelClosedError) else 502
+    if isinstance(error, ServerStartError | InvalidModelError | ModelNotFoundError):
+        return 500
+    return 503 if isinstance(error, ServerError | ModelClosedError | PoolBusyError) else 502
 
 
 def _message_of(error: BaseException) -> str:
@@ -286,6 +332,35 @@ class _ChatChunks:
         )
 
 
+class _TextChunks:
+    """The events of one streamed text completion, in OpenAI's format."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def envelope(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+
+    def chunk(self, text: str, finish_reason: str | None = None) -> SSEEvent:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return SSEEvent({**self.envelope(), "choices": [choice]})
+
+    def token(self, token: Token) -> SSEEvent | None:
+        return self.chunk(token.text) if token.text else None
+
+    def end(self, stream: TokenStream) -> Iterable[SSEEvent]:
+        yield self.chunk("", _FINISH.get(stream.finish_reason or ""))
+        if self.include_usage:
+            yield SSEEvent({**self.envelope(), "choices": [], "usage": _usage(stream.metrics)})
+        yield SSEEvent("[DONE]")
+
+    def error(self, stream: TokenStream, error: RocmInferError) -> Iterable[SSEEvent]:
+        return _ChatChunks.error(self, stream, error)  # type: ignore[arg-type]
+
+
 def _unknown_model(name: str, provider: ModelProvider) -> JSONResponse:
     names = sorted(provider.names())
     return openai_error(
@@ -305,18 +380,26 @@ def _wrong_kind(name: str, model: object, wanted: str) -> JSONResponse:
     return openai_error(400, message, "invalid_request_error", "wrong_model_type")
 
 
-async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
+async def _generation(
+    name: str,
+    provider: ModelProvider,
+    start: Callable[[Any], TokenStream],
+    chunks: _ChatChunks | _TextChunks | None,
+    reply: Callable[[Completion], dict[str, Any]],
+) -> Any:
+    """One generating route: lease the model, start its stream (400 for what it refuses), then
+    stream it in ``chunks``' format, or answer with ``reply`` of the whole Completion."""
     try:
-        lease = provider.lease(body.model)
+        lease = provider.lease(name)
     except KeyError:
-        return _unknown_model(body.model, provider)
+        return _unknown_model(name, provider)
     stack = contextlib.AsyncExitStack()
     try:
         model = await stack.enter_async_context(lease)
         if not isinstance(model, TextModel | Router):
             await stack.aclose()
-            return _wrong_kind(body.model, model, "a text model")
-        stream = body.start(model)
+            return _wrong_kind(name, model, "a text model")
+        stream = start(model)
     except (TypeError, ValueError) as exc:
         await stack.aclose()
         return openai_error(400, str(exc))
@@ -326,8 +409,7 @@ async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
     except BaseException:
         await stack.aclose()
         raise
-    if body.stream:
-        chunks = _ChatChunks(body.model, body.stream_options is not None and body.stream_options.include_usage)
+    if chunks is not None:
         return sse_response(
             stream, on_token=chunks.token, on_end=chunks.end, on_error=chunks.error, on_close=stack.aclose
         )
@@ -337,23 +419,51 @@ async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
         except RocmInferError as exc:
             kind = "invalid_request_error" if error_status(exc) < 500 else "server_error"
             return openai_error(error_status(exc), _message_of(exc), kind)
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": result.text if result.text or not result.tool_calls else None,
-    }
-    if result.tool_calls:
-        message["tool_calls"] = [call.to_openai() for call in result.tool_calls]
-    if result.reasoning:
-        message["reasoning_content"] = result.reasoning
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH.get(result.finish_reason)}
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.model,
-        "choices": [choice],
-        "usage": _usage(result.metrics),
-    }
+    return reply(result)
+
+
+async def _chat(body: ChatRequest, provider: ModelProvider) -> Any:
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    chunks = _ChatChunks(body.model, include_usage) if body.stream else None
+
+    def reply(result: Completion) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": result.text if result.text or not result.tool_calls else None,
+        }
+        if result.tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in result.tool_calls]
+        if result.reasoning:
+            message["reasoning_content"] = result.reasoning
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH.get(result.finish_reason)}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [choice],
+            "usage": _usage(result.metrics),
+        }
+
+    return await _generation(body.model, provider, body.start, chunks, reply)
+
+
+async def _completions(body: CompletionRequest, provider: ModelProvider) -> Any:
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    chunks = _TextChunks(body.model, include_usage) if body.stream else None
+
+    def reply(result: Completion) -> dict[str, Any]:
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": _FINISH.get(result.finish_reason)}
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [choice],
+            "usage": _usage(result.metrics),
+        }
+
+    return await _generation(body.model, provider, body.start, chunks, reply)
 
 
 async def _embeddings(body: EmbeddingRequest, provider: ModelProvider) -> Any:
@@ -419,6 +529,11 @@ def openai_router(provider: Any) -> APIRouter:
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         """OpenAI's chat completions: a ``chat.completion``, or with ``stream`` its chunks and ``[DONE]``."""
         return await _chat(body, resolve(request))
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        """OpenAI's text completions: a ``text_completion``, or with ``stream`` its chunks and ``[DONE]``."""
+        return await _completions(body, resolve(request))
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
