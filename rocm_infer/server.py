@@ -4,8 +4,8 @@
 (arguments as a list, never a shell) bound to 127.0.0.1 on a port the kernel
 picked, with a fresh random API key, and waits until GET /health answers
 ``{"status": "ok"}``. Its output is read all the time into a bounded tail
-(and the ``rocm_infer.server`` logger at DEBUG), so the pipe never fills and
-errors can say what llama-server printed last. What it was started with is
+(:mod:`rocm_infer.output`), so the pipe never fills and errors can say what
+llama-server printed last. What it was started with is
 one frozen :class:`ServerSpec`; a respawn is a new server from the same spec.
 
 The API key reaches llama-server through its ``LLAMA_API_KEY`` environment
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import contextlib
 import dataclasses
 import enum
@@ -39,6 +38,7 @@ from . import defaults, reaper
 from .client import JSON, LlamaServerClient
 from .defaults import HOST
 from .errors import APIConnectionError, APIError, ModelClosedError, RocmInferError, ServerStartError
+from .output import OutputTail
 from .startup import StartupProgress, strip_log_prefix
 from .types import LoadProgress
 
@@ -46,12 +46,8 @@ __all__ = ["LlamaServer", "ServerSpec", "ServerState", "clean_environment", "fre
 
 logger = logging.getLogger(__name__)
 
-# The line llama-server prints once it serves requests: its own ready moment (see listening_at).
-_LISTENING = b"listening on"
 # Longest wait, on stop, for slots to go idle before SIGTERM (see _wait_idle).
 _IDLE_BEFORE_STOP = 1.0
-# Longest line kept in the output tail; the rest of a longer line is dropped.
-_MAX_TAIL_LINE = 2000
 # The line llama-server prints when its port was taken between our choosing it and it binding it.
 _BIND_FAILED = "couldn't bind"
 # Longest a single /health request may take during start-up before the next poll.
@@ -194,19 +190,16 @@ class LlamaServer:
         self.spec = ServerSpec(binary, tuple(args), **settings)  # type: ignore[arg-type]
         self.on_progress = on_progress
         self._state = ServerState.NEW
-        self._tail: collections.deque[str] = collections.deque(maxlen=self.spec.tail_lines)
+        self._output = OutputTail(self.spec.tail_lines, logger)
         self._process: asyncio.subprocess.Process | None = None
         self._exit_task: asyncio.Task[int] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # set by output that makes a /health poll worthwhile
-        self._listening = asyncio.Event()  # set when the drain reads the "listening on" line
         self._client: LlamaServerClient | None = None
         self._api_key = secrets.token_urlsafe(32)
         self._progress = StartupProgress(self.spec.model_size, on_progress)
         self.port: int | None = None
         self.props: JSON | None = None  # /props, read when start-up checked the server is ours
-        # time.monotonic() when the output drain read llama-server's "listening on" line.
-        self.listening_at: float | None = None
 
     @classmethod
     def from_spec(cls, spec: ServerSpec, *, on_progress: Callable[[LoadProgress], object] | None = None) -> LlamaServer:
@@ -269,13 +262,17 @@ class LlamaServer:
     @property
     def output_tail(self) -> str:
         """The last lines llama-server printed."""
-        return "\n".join(self._tail)
+        return self._output.text
+
+    @property
+    def listening_at(self) -> float | None:
+        """``time.monotonic()`` when the output drain read llama-server's "listening on" line."""
+        return self._output.listening_at
 
     async def output_through_startup(self, within: float = 2.0) -> str:
         """The output tail once the drain has read llama-server's "listening on" line (all it printed
         while starting), waiting up to ``within`` seconds for it."""
-        with contextlib.suppress(builtins.TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), within)
+        await self._output.wait_listening(within)
         return self.output_tail
 
     async def wait_exited(self, within: float) -> int | None:
@@ -339,7 +336,8 @@ class LlamaServer:
         logger.debug("llama-server argv: %s %s", self.spec.binary, " ".join(argv))
         self._wake.clear()
         assert self._process.stdout is not None
-        self._drain_task = asyncio.create_task(self._drain(self._process.stdout, pid))
+        self._output.on_line = self._on_startup_line
+        self._drain_task = asyncio.create_task(self._output.drain(self._process.stdout, pid))
         self._exit_task = asyncio.create_task(self._process.wait())
         self._exit_task.add_done_callback(self._on_exit)
         self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self.spec.idle_timeout)
@@ -429,48 +427,17 @@ class LlamaServer:
         self._process = None
         self._exit_task = None
         self._drain_task = None
-        self._tail.clear()
+        self._output.clear()
         self.props = None
-        self.listening_at = None
 
     # -- output ----------------------------------------------------------------------------------
 
-    async def _drain(self, stream: asyncio.StreamReader, pid: int) -> None:
-        """Read the process output until EOF, keeping the last lines (each cut to
-        ``_MAX_TAIL_LINE`` characters, so the tail stays small whatever is printed)."""
-        partial = b""
-        overlong = False  # inside a line already cut: drop bytes until its end
-        debug = logger.isEnabledFor(logging.DEBUG)
-        progress = self._progress
-        while True:
-            chunk = await stream.read(65536)
-            if not chunk:
-                break
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            if overlong and lines:
-                lines.pop(0)  # the end of the line that was already cut
-                overlong = False
-            if len(partial) > _MAX_TAIL_LINE:
-                if not overlong:
-                    lines.append(partial)
-                overlong = True
-                partial = b""
-            for raw in lines:
-                line = raw[:_MAX_TAIL_LINE].rstrip(b"\r").decode("utf-8", "replace")
-                if len(raw) > _MAX_TAIL_LINE:
-                    line += " [...]"
-                if self.listening_at is None and _LISTENING in raw:
-                    # Also after start-up: the health check can finish before this line is read.
-                    self.listening_at = time.monotonic()
-                    self._listening.set()
-                if not progress.ready and progress.on_line(raw, line):
-                    self._wake.set()
-                self._tail.append(line)
-                if debug:
-                    logger.debug("llama-server[%d]: %s", pid, line)
-        if partial and not overlong:
-            self._tail.append(partial[:_MAX_TAIL_LINE].decode("utf-8", "replace"))
+    def _on_startup_line(self, raw: bytes, line: str) -> None:
+        """A line printed while starting: progress, and maybe a reason to poll /health now."""
+        if self._progress.ready:
+            self._output.on_line = None
+        elif self._progress.on_line(raw, line):
+            self._wake.set()
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if task.cancelled():  # the loop is ending, not the process: it stays tracked
