@@ -81,6 +81,9 @@ class TextModel(ServerModel):
     without error or cancellation. Under concurrency that is whichever
     stream ended last, not the one a task just read: each stream's own
     ``stream.metrics`` is the figure for that stream.
+
+    (Its length is its methods' documentation: each method checks its
+    arguments and hands a request to an endpoint adapter and a stream.)
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

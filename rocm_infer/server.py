@@ -177,6 +177,10 @@ class LlamaServer:
     SIGTERM, waits ``stop_timeout`` seconds, then SIGKILL, and always reaps; it
     is idempotent and finishes its work even if the calling task is cancelled,
     twice.
+
+    (One class of some length on purpose: starting, watching and stopping share
+    the process, its port and key, and the order in which they may happen;
+    progress, output and the reaper are their own modules.)
     """
 
     def __init__(

@@ -195,6 +195,11 @@ class ModelPool:
     model stays; 0: none; None: forever), ``wait_timeout`` (seconds a request
     waits for room before :class:`PoolBusyError`), ``backend`` (as for
     ``load_model``). Use it as ``async with ModelPool(...) as pool:``.
+
+    (One class of some length on purpose: leases, loads, unloads and expiry
+    change one shared state under one condition; the decisions are the pure
+    functions of :mod:`~rocm_infer.serving.eviction` and
+    :mod:`~rocm_infer.serving.memory`.)
     """
 
     def __init__(

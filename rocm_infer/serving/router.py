@@ -365,6 +365,10 @@ class Router:
     be reached starts out ejected, and if no endpoint at all is usable the
     error of the first is raised. Raises ``TypeError``/``ValueError`` here
     for a bad endpoint, a duplicate or an unknown policy.
+
+    (One class of some length on purpose: requests, failover, the endpoints'
+    upkeep and their lifetimes share the endpoint states; every decision is a
+    pure function of :mod:`~rocm_infer.serving.policies`.)
     """
 
     def __init__(
