@@ -45,6 +45,7 @@ from .gguf import read_gguf_info
 from .gpu import GpuInfo, VramInfo, gpus, vram_info
 from .lifecycle import ModelContext, ServerModel
 from .model import TextModel, connect
+from .rpc import RpcWorker, find_rpc_server
 from .server import LlamaServer, ServerSpec
 from .serving import Endpoint, EndpointState, LoadedModel, ModelPool, ModelSpec, PoolBusyError, Router
 from .stream import TokenStream
@@ -111,6 +112,7 @@ __all__ = [
     "RocmBackend",
     "RocmInferError",
     "Router",
+    "RpcWorker",
     "ServerError",
     "ServerExitedError",
     "ServerModel",
@@ -132,6 +134,7 @@ __all__ = [
     "default_backend",
     "discover_models",
     "find_llama_server",
+    "find_rpc_server",
     "get_backend",
     "gpus",
     "list_backends",

@@ -5,6 +5,7 @@
     rocm-infer info MODEL             everything the GGUF header says about a model
     rocm-infer doctor                 the llama-server binary, ROCm, GPUs and VRAM; what to fix
     rocm-infer demo                   stream from the tiny demo model (made on first use)
+    rocm-infer rpc-worker             lend this machine's devices to a llama-server elsewhere (llama.cpp RPC)
 
 Errors print one line on stderr and exit with status 1 (``--debug`` adds the
 traceback and the SDK's debug log); bad usage exits with 2; Ctrl-C stops the
@@ -515,6 +516,42 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if available else EXIT_ERROR
 
 
+# --------------------------------------------------------------------------- rpc-worker
+
+
+def _cmd_rpc_worker(args: argparse.Namespace) -> int:
+    devices = [name for item in args.device for name in item.split(",") if name]
+    try:
+        worker = rocm_infer.RpcWorker(
+            host=args.host,
+            port=args.port,
+            devices=devices,
+            threads=args.threads,
+            cache=args.cache,
+            binary=args.rpc_server_path,
+            insecure_allow_remote=args.insecure_allow_remote,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+
+    async def serve() -> int:
+        async with worker:
+            # The address alone on stdout, for scripts; what to do with it on stderr.
+            print(worker.address, flush=True)
+            print(
+                f"rpc-worker: rpc-server pid {worker.pid} serves {worker.address}; load a model with "
+                f"LoadConfig(rpc_servers=[{worker.address!r}, ...]) (llama-server --rpc); Ctrl-C stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = await worker.wait()
+        raise rocm_infer.ServerExitedError(
+            f"rpc-server pid {worker.pid} exited with code {code}", returncode=code, output_tail=worker.output_tail
+        )
+
+    return asyncio.run(serve())
+
+
 # --------------------------------------------------------------------------- parser and main
 
 
@@ -607,7 +644,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_options(demo)
     _add_sampling_options(demo, max_tokens=DEMO_TOKENS)
     demo.set_defaults(func=_cmd_demo)
-    for subcommand in (run, models, info, doctor, demo):
+
+    rpc = sub.add_parser(
+        "rpc-worker",
+        parents=[common],
+        help="lend this machine's devices to a llama-server elsewhere (llama.cpp RPC; no authentication)",
+        description="Run llama.cpp's rpc-server, supervised, until Ctrl-C. Its protocol has no authentication: "
+        "anyone who reaches the port can use the devices, so it binds 127.0.0.1 unless told otherwise.",
+    )
+    rpc.add_argument("--host", default="127.0.0.1", help="IPv4 address to bind (default 127.0.0.1)")
+    rpc.add_argument("--port", type=int, default=50052, help="port to bind (default 50052; 0: a free one)")
+    rpc.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        help="a ggml device to lend: CPU, ROCm0, ... (repeatable; default: all)",
+    )
+    rpc.add_argument("--threads", type=int, default=0, help="CPU device threads (default: one fewer than the cores)")
+    rpc.add_argument("--cache", action="store_true", help="cache large tensors in a local file cache")
+    rpc.add_argument("--rpc-server-path", help="the rpc-server binary to run")
+    rpc.add_argument(
+        "--insecure-allow-remote",
+        action="store_true",
+        help="allow a --host other than loopback: only on a network where every machine is trusted",
+    )
+    rpc.set_defaults(func=_cmd_rpc_worker)
+    for subcommand in (run, models, info, doctor, demo, rpc):
         subcommand.set_defaults(parser=subcommand)  # usage errors found later name the subcommand
     return parser
 

@@ -38,7 +38,7 @@ from . import defaults, reaper
 from .client import JSON, LlamaServerClient
 from .defaults import HOST
 from .errors import APIConnectionError, APIError, ModelClosedError, RocmInferError, ServerStartError
-from .output import OutputTail
+from .process import ChildProcess
 from .startup import StartupProgress, strip_log_prefix
 from .types import LoadProgress
 
@@ -194,10 +194,7 @@ class LlamaServer:
         self.spec = ServerSpec(binary, tuple(args), **settings)  # type: ignore[arg-type]
         self.on_progress = on_progress
         self._state = ServerState.NEW
-        self._output = OutputTail(self.spec.tail_lines, logger)
-        self._process: asyncio.subprocess.Process | None = None
-        self._exit_task: asyncio.Task[int] | None = None
-        self._drain_task: asyncio.Task[None] | None = None
+        self._child = self._new_child()
         self._wake = asyncio.Event()  # set by output that makes a /health poll worthwhile
         self._client: LlamaServerClient | None = None
         self._api_key = secrets.token_urlsafe(32)
@@ -216,7 +213,7 @@ class LlamaServer:
         return LlamaServer.from_spec(self.spec, on_progress=self.on_progress)
 
     def __repr__(self) -> str:
-        where = f"pid={self.pid}, " if self._process is not None else ""
+        where = f"pid={self.pid}, " if self.pid is not None else ""
         return f"LlamaServer({os.path.basename(self.spec.binary)!r}, port={self.port}, {where}{self._state.value})"
 
     # -- state -----------------------------------------------------------------------------------
@@ -239,12 +236,12 @@ class LlamaServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.pid
 
     @property
     def returncode(self) -> int | None:
         """The exit status once the process has been reaped, else None."""
-        return self._process.returncode if self._process is not None else None
+        return self._child.returncode
 
     @property
     def running(self) -> bool:
@@ -266,26 +263,22 @@ class LlamaServer:
     @property
     def output_tail(self) -> str:
         """The last lines llama-server printed."""
-        return self._output.text
+        return self._child.output_tail
 
     @property
     def listening_at(self) -> float | None:
         """``time.monotonic()`` when the output drain read llama-server's "listening on" line."""
-        return self._output.listening_at
+        return self._child.output.listening_at
 
     async def output_through_startup(self, within: float = 2.0) -> str:
         """The output tail once the drain has read llama-server's "listening on" line (all it printed
         while starting), waiting up to ``within`` seconds for it."""
-        await self._output.wait_listening(within)
+        await self._child.output.wait_listening(within)
         return self.output_tail
 
     async def wait_exited(self, within: float) -> int | None:
         """Wait up to ``within`` seconds for the process to end; its exit status or None."""
-        if self._exit_task is None:
-            return None
-        with contextlib.suppress(builtins.TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(self._exit_task), within)
-        return None
+        return await self._child.wait_exited(within)
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -322,37 +315,25 @@ class LlamaServer:
         argv = [*self.spec.args, "--host", HOST, "--port", str(self.port)]
         self._progress.begin()
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                self.spec.binary,
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self.spec.environment(self._api_key),
-                preexec_fn=reaper.die_with_parent(),
+            pid = await self._child.spawn(
+                self.spec.binary, argv, self.spec.environment(self._api_key), reaper.die_with_parent()
             )
         except OSError as exc:
             raise ServerStartError(f"could not run llama-server {self.spec.binary!r}: {exc}") from exc
-        pid = self._process.pid
-        reaper.track(pid)
         self._progress.begin(pid)
         logger.info("started llama-server pid %d on %s:%d", pid, HOST, self.port)
         logger.debug("llama-server argv: %s %s", self.spec.binary, " ".join(argv))
         self._wake.clear()
-        assert self._process.stdout is not None
-        self._output.on_line = self._on_startup_line
-        self._drain_task = asyncio.create_task(self._output.drain(self._process.stdout, pid))
-        self._exit_task = asyncio.create_task(self._process.wait())
-        self._exit_task.add_done_callback(self._on_exit)
+        self._child.output.on_line = self._on_startup_line
         self._client = LlamaServerClient(self.base_url, api_key=self._api_key, idle_timeout=self.spec.idle_timeout)
 
     async def _wait_healthy(self, hard_deadline: float) -> None:
-        assert self._exit_task is not None and self._client is not None
+        assert self._client is not None
         progress = self._progress
         startup_timeout = self.spec.startup_timeout
         last_status = "no answer yet"
         while True:
-            if self._exit_task.done():
+            if self._child.exited:
                 raise await self._start_error("llama-server exited during start-up")
             progress.sample()
             progress.report()
@@ -385,15 +366,7 @@ class LlamaServer:
                     why = f"within {startup_timeout:g}s of its last sign of progress"
                 raise await self._start_error(f"llama-server did not become healthy {why} (last: {last_status})")
             # Sleep until the next poll, the process exiting, or a line that makes a poll worthwhile.
-            wake = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait(
-                    {self._exit_task, wake},
-                    timeout=min(self.spec.health_interval, deadline - now),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                wake.cancel()
+            await self._child.wait_for_exit_or(self._wake, min(self.spec.health_interval, deadline - now))
             self._wake.clear()
 
     async def _not_ours(self) -> str | None:
@@ -428,63 +401,34 @@ class LlamaServer:
         if self._client is not None:
             await self._client.aclose()
         self._client = None
-        self._process = None
-        self._exit_task = None
-        self._drain_task = None
-        self._output.clear()
+        self._child = self._new_child()
         self.props = None
+
+    def _new_child(self) -> ChildProcess:
+        return ChildProcess("llama-server", self.spec.tail_lines, logger, self._on_exit)
 
     # -- output ----------------------------------------------------------------------------------
 
     def _on_startup_line(self, raw: bytes, line: str) -> None:
         """A line printed while starting: progress, and maybe a reason to poll /health now."""
         if self._progress.ready:
-            self._output.on_line = None
+            self._child.output.on_line = None
         elif self._progress.on_line(raw, line):
             self._wake.set()
 
-    def _on_exit(self, task: asyncio.Task[int]) -> None:
-        if task.cancelled():  # the loop is ending, not the process: it stays tracked
-            return
-        if self._process is not None:
-            reaper.untrack(self._process.pid)
+    def _on_exit(self, returncode: int) -> None:
         if self._state is ServerState.STARTING:
             # start() reports it, with the exit code and output, as a ServerStartError.
-            logger.info("llama-server pid %s exited during start-up with code %s", self.pid, task.result())
+            logger.info("llama-server pid %s exited during start-up with code %s", self.pid, returncode)
         elif self._state is ServerState.RUNNING:
             self._state = ServerState.EXITED
-            logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, task.result())
+            logger.warning("llama-server pid %s exited unexpectedly with code %s", self.pid, returncode)
 
     # -- stop ------------------------------------------------------------------------------------
 
     async def _terminate(self) -> None:
         """SIGTERM, bounded wait, SIGKILL, reap; the kill and the reap survive cancellation."""
-        process = self._process
-        if process is None:
-            return
-        try:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
-                except builtins.TimeoutError:
-                    logger.warning(
-                        "llama-server pid %d ignored SIGTERM for %gs; killing it", process.pid, self.spec.stop_timeout
-                    )
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-                reaper.untrack(process.pid)
-                if self._drain_task is not None:
-                    # The pipe reaches EOF once the process is gone; bound it in case a
-                    # grandchild kept the pipe open.
-                    with anyio.move_on_after(1.0):
-                        await asyncio.shield(self._drain_task)
-                    self._drain_task.cancel()
+        await self._child.terminate(self.spec.stop_timeout)
 
     async def _wait_idle(self, within: float) -> None:
         """Give slots whose clients just went away a moment to notice.
@@ -494,7 +438,7 @@ class LlamaServer:
         connection only at its next token, so stop() waits, briefly and
         bounded, for every slot to be idle before sending SIGTERM.
         """
-        if self._client is None or self._process is None or self._process.returncode is not None:
+        if self._client is None or self.pid is None or self.returncode is not None:
             return
         with anyio.move_on_after(within), contextlib.suppress(RocmInferError):
             while True:
@@ -515,23 +459,16 @@ class LlamaServer:
         elsewhere the client is left as it is. ``why`` starts the warning it
         logs. Use ``await stop()`` wherever you can.
         """
-        process = self._process
-        if (
-            process is None
-            or self._state in (ServerState.STOPPING, ServerState.STOPPED)
-            or process.returncode is not None
-            or not reaper.tracked(process.pid)
-        ):
+        if self._state in (ServerState.STOPPING, ServerState.STOPPED) or not self._child.stoppable:
             return  # (untracked: reaped already, by the exit hook or the loop; the pid may be reused)
         self._state = ServerState.STOPPING  # this exit is expected: _on_exit must not warn about it
-        logger.warning("%s: stopping its llama-server pid %d", why, process.pid)
-        reaper.stop_pids([process.pid], reap=False)  # asyncio's child watcher reaps it
-        reaper.untrack(process.pid)  # gone: the exit hook must never signal this pid (it may be reused)
+        logger.warning("%s: stopping its llama-server pid %s", why, self.pid)
+        self._child.stop_now()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._exit_task is not None and self._exit_task.get_loop() is loop:
+        if self._child.loop_of_exit() is loop:
             task = loop.create_task(self._finish_stop())
             _finishing.add(task)
             task.add_done_callback(_finishing.discard)
@@ -545,8 +482,8 @@ class LlamaServer:
             await self._wait_idle(_IDLE_BEFORE_STOP)
         finally:
             await self._finish_stop()  # also when cancelled while waiting
-        if self._process is not None:
-            logger.info("llama-server pid %d stopped (exit code %s)", self._process.pid, self._process.returncode)
+        if self.pid is not None:
+            logger.info("llama-server pid %d stopped (exit code %s)", self.pid, self.returncode)
         return self.returncode
 
     async def _finish_stop(self) -> None:

@@ -253,7 +253,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # -- stopping --------------------------------------------------------------------------------
     Mutation(
         "stop-never-sigkills",
-        "rocm_infer/server.py",
+        "rocm_infer/process.py",
         "                with contextlib.suppress(ProcessLookupError):\n                    process.kill()",
         "                with contextlib.suppress(ProcessLookupError):\n                    process.terminate()",
         (
@@ -287,15 +287,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "no-parent-death-signal",
         "rocm_infer/server.py",
-        "                preexec_fn=reaper.die_with_parent(),\n",
-        "                preexec_fn=None,\n",
+        "self.spec.environment(self._api_key), reaper.die_with_parent()",
+        "self.spec.environment(self._api_key), None",
         ("tests/test_model.py::test_a_parent_killed_with_sigkill_takes_its_server_along",),
         "llama-server is started without PR_SET_PDEATHSIG: a parent killed with SIGKILL leaves it running",
     ),
     Mutation(
         "stop-now-leaves-the-pid-tracked",
-        "rocm_infer/server.py",
-        "        reaper.untrack(process.pid)  # gone: the exit hook must never signal this pid (it may be reused)\n",
+        "rocm_infer/process.py",
+        "        reaper.untrack(self._process.pid)  # gone: the exit hook must never signal this pid (it may be reused)\n",
         "",
         (
             "tests/test_mutation_gaps.py::test_a_model_closed_from_another_loop_is_never_signalled_at_exit",
