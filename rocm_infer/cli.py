@@ -6,6 +6,7 @@
     rocm-infer doctor                 the llama-server binary, ROCm, GPUs and VRAM; what to fix
     rocm-infer demo                   stream from the tiny demo model (made on first use)
     rocm-infer rpc-worker             lend this machine's devices to a llama-server elsewhere (llama.cpp RPC)
+    rocm-infer serve                  an OpenAI-compatible server for many models, loaded on demand
 
 Errors print one line on stderr and exit with status 1 (``--debug`` adds the
 traceback and the SDK's debug log); bad usage exits with 2; Ctrl-C stops the
@@ -552,6 +553,47 @@ def _cmd_rpc_worker(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from rocm_infer.serving.serve import check_bind, serve
+    except ImportError as exc:
+        raise _SetupError(
+            f"`rocm-infer serve` needs FastAPI and uvicorn ({exc.name or exc}): install rocm_infer's fastapi extra "
+            "(pip install fastapi uvicorn)"
+        ) from exc
+    try:
+        check_bind(args.host, args.api_key)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    models: dict[str, object] = {}
+    config = rocm_infer.LoadConfig(context_len=args.context_len, gpu_layers=args.gpu_layers, threads=args.threads)
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise _UsageError(f"--model takes NAME=PATH, got {item!r}")
+        if name in models:
+            raise _UsageError(f"--model {name!r} is given twice")
+        path = os.path.expanduser(path)
+        rocm_infer.read_gguf_info(path)  # a missing or broken file: one line now, not a 500 per request
+        models[name] = (path, config)
+    if not models and args.models_dir is None:
+        raise _UsageError("name the models to serve: --models-dir DIR and/or --model NAME=PATH")
+    keep_alive = None if args.keep_alive < 0 else args.keep_alive
+    pool = rocm_infer.ModelPool(
+        models,
+        models_dir=os.path.expanduser(args.models_dir) if args.models_dir else None,
+        max_loaded=args.max_loaded,
+        memory_budget=args.memory_budget,
+        keep_alive=keep_alive,
+        backend=args.backend,
+    )
+    serve(pool, host=args.host, port=args.port, api_key=args.api_key)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser and main
 
 
@@ -669,7 +711,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a --host other than loopback: only on a network where every machine is trusted",
     )
     rpc.set_defaults(func=_cmd_rpc_worker)
-    for subcommand in (run, models, info, doctor, demo, rpc):
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="an OpenAI-compatible server for many models, loaded on demand (a pool)",
+        description="Serve GGUF models over OpenAI's API (/v1/chat/completions, /v1/completions, /v1/embeddings, "
+        "/v1/rerank, /v1/models), each loaded when a request names it and unloaded when idle. Needs the "
+        "fastapi extra. Binding anything but loopback needs --api-key.",
+    )
+    serve.add_argument("--models-dir", help="serve every GGUF model in this folder, by its file name")
+    serve.add_argument(
+        "--model", action="append", default=[], metavar="NAME=PATH", help="a model to serve as NAME (repeatable)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every request")
+    serve.add_argument("--max-loaded", type=int, default=None, help="models loaded at once at most")
+    serve.add_argument("--memory-budget", type=int, default=None, help="bytes all loaded models may take")
+    serve.add_argument(
+        "--keep-alive", type=float, default=300.0, help="seconds an idle model stays loaded (default 300; -1: forever)"
+    )
+    serve.add_argument("--context-len", type=int, default=0, help="context of each model (default: min(trained, 4096))")
+    serve.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload (default -1: all)")
+    serve.add_argument("--threads", type=int, default=0, help="CPU threads per server (default: one fewer than cores)")
+    serve.add_argument("--backend", default=None, help="the rocm_infer backend (default: the first available)")
+    serve.set_defaults(func=_cmd_serve)
+    for subcommand in (run, models, info, doctor, demo, rpc, serve):
         subcommand.set_defaults(parser=subcommand)  # usage errors found later name the subcommand
     return parser
 

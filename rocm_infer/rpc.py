@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -133,6 +134,12 @@ def _preexec() -> Callable[[], None]:
             parent_death()
 
     return preexec
+
+
+@functools.cache
+def _has_proc() -> bool:
+    """Whether this system has a /proc that says which process holds which socket (Linux)."""
+    return os.path.isdir("/proc/self/fd")
 
 
 def _listens_on(pid: int, port: int) -> bool | None:
@@ -355,7 +362,7 @@ class RpcWorker:
                 ours = _listens_on(self.pid, self.port)
                 # None: /proc cannot tell. Where there is no /proc at all, a connection has to do;
                 # on Linux it means the process is gone (it failed to bind: a stranger answered).
-                if ours or (ours is None and not os.path.isdir("/proc/self/fd")):
+                if ours or (ours is None and not _has_proc()):
                     return
                 last = f"port {self.port} answers, but not from rpc-server pid {self.pid}"
             if time.monotonic() >= deadline:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -20,7 +21,9 @@ from typing import Any
 
 import gguf
 import numpy as np
+import openai
 import pytest
+from conftest import llama_server_pids
 from test_gguf_info import write_model
 
 import rocm_infer
@@ -504,3 +507,43 @@ def test_the_readme_command_lines_run_as_written_after_make_demo(tmp_path: Path)
     assert result.stdout == sample[1] + "\n"
     shown = sample[2].split(", time to first token")[0]
     assert shown in result.stderr
+
+
+@pytest.mark.integration
+def test_serve_serves_a_pool_over_openais_api_until_ctrl_c(tiny_model_path: Path, server_binary: str) -> None:
+    command = shutil.which("rocm-infer", path=str(Path(sys.executable).parent))
+    assert command is not None
+    before = llama_server_pids(server_binary)
+    app = subprocess.Popen(
+        [command, "serve", "--model", f"words={tiny_model_path}", "--port", "0", "--api-key", "k", "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stderr is not None
+        seen = []
+        for line in app.stderr:
+            seen.append(line)
+            if started := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        else:
+            pytest.fail("".join(seen))
+        with openai.OpenAI(base_url=f"{started.group(1)}/v1", api_key="k", max_retries=0) as client:
+            assert [m.id for m in client.models.list().data] == ["words"]
+            reply = client.completions.create(model="words", prompt="Once upon a time", max_tokens=3)
+            assert reply.usage is not None and reply.usage.completion_tokens == 3
+    finally:
+        app.send_signal(signal.SIGINT)
+        assert app.wait(timeout=60) == 0
+        if app.stderr:
+            app.stderr.close()
+    assert not llama_server_pids(server_binary) - before
+
+
+def test_serve_refuses_what_it_cannot_serve_before_starting(tmp_path: Path) -> None:
+    assert run_cli("serve").returncode == 2
+    open_bind = run_cli("serve", "--model", "m=x.gguf", "--host", "0.0.0.0")
+    assert open_bind.returncode == 2 and "needs an API key" in open_bind.stderr
+    missing = run_cli("serve", "--model", f"m={tmp_path / 'missing.gguf'}", "--port", "0")
+    assert missing.returncode == 1 and "missing.gguf" in missing.stderr

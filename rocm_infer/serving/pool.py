@@ -36,12 +36,12 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
-from ..backend import Backend, load_embedding_model, load_model, load_reranker
+from ..backend import Backend, get_backend, load_embedding_model, load_model, load_reranker
 from ..config import GenerateConfig, LoadConfig
 from ..discovery import discover_models
 from ..embedding import EmbeddingModel, Reranker
 from ..errors import ModelClosedError, ModelNotFoundError, RocmInferError
-from ..gguf import read_gguf_info
+from ..gguf import check_gguf_file, read_gguf_info
 from ..gpu import VramMonitor, choose_device, gpus
 from ..lifecycle import ServerModel
 from ..model import TextModel
@@ -222,6 +222,11 @@ class ModelPool:
         _check_keep_alive(keep_alive)
         if not isinstance(wait_timeout, int | float) or wait_timeout <= 0:
             raise ValueError(f"wait_timeout must be seconds > 0, not {wait_timeout!r}")
+        if isinstance(backend, str):
+            try:
+                get_backend(backend)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
         self.max_loaded = max_loaded
         self.memory_budget = memory_budget
         self.keep_alive = keep_alive
@@ -253,11 +258,16 @@ class ModelPool:
     # -- lifetime --------------------------------------------------------------------------------
 
     async def start(self) -> ModelPool:
-        """Find the models of ``models_dir`` (in a worker thread). ``async with`` calls it."""
+        """Check the model files named outright (ModelNotFoundError, InvalidModelError) and find the
+        models of ``models_dir``, in a worker thread. ``async with`` calls it."""
         if self._closed:
             raise ModelClosedError("the pool is closed")
         if self._changed is None:
             self._changed = asyncio.Condition()
+        # A file named outright must be there: say so now, not at the first request for it.
+        for entry in self._entries.values():
+            if entry.spec.path is not None:
+                await anyio.to_thread.run_sync(check_gguf_file, entry.spec.path)
         if self._models_dir is not None and not self._discovered:
             found = await anyio.to_thread.run_sync(discover_models, self._models_dir)
             for info in found:
