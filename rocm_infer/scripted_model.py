@@ -109,7 +109,6 @@ import argparse
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -117,6 +116,8 @@ from types import MappingProxyType
 import gguf
 import numpy as np
 import numpy.typing as npt
+
+from .tiny_model import write_gguf
 
 __all__ = [
     "DEFAULT_SCRIPTS",
@@ -598,22 +599,7 @@ def make_scripted_model(
         writer.add_tensor(tensor_name, array if keep else array.astype(np.float16))
 
     out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.chmod(0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_gguf(writer, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,14 +43,13 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import gguf
 import numpy as np
 import numpy.typing as npt
 
-from .tiny_model import WORDS
+from .tiny_model import WORDS, write_gguf
 
 __all__ = [
     "POOLING_TYPES",
@@ -212,22 +211,7 @@ def _write(
         writer.add_tensor(tensor_name, array.astype(np.float16) if half else array)
 
     out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.chmod(0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_gguf(writer, out)
 
 
 def _words(words: Iterable[str]) -> list[str]:

@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CHAT_TEMPLATE", "DEMO_MODEL_NAME", "WORDS", "demo_model", "main", "make_tiny_model"]
+__all__ = ["CHAT_TEMPLATE", "DEMO_MODEL_NAME", "WORDS", "demo_model", "main", "make_tiny_model", "write_gguf"]
 
 DEMO_MODEL_NAME = "tiny-llama.gguf"
 
@@ -407,6 +407,13 @@ def make_tiny_model(
         # F16 halves the file; 1-D norm weights must stay F32 for llama.cpp.
         writer.add_tensor(name, array.astype(np.float16) if array.ndim == 2 else array)
 
+    return write_gguf(writer, out)
+
+
+def write_gguf(writer: gguf.GGUFWriter, out: pathlib.Path) -> pathlib.Path:
+    """Write ``writer``'s model to ``out`` atomically: under a temporary name next to it, then
+    renamed into place, so a reader never sees a half-written model and concurrent writers of the
+    same file are harmless. Returns ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)

@@ -38,12 +38,13 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import gguf
 import numpy as np
 import numpy.typing as npt
+
+from .tiny_model import write_gguf
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_PATCH_SIZE", "image_token_count", "main", "make_tiny_projector"]
 
@@ -174,22 +175,7 @@ def make_tiny_projector(
         # converted projectors); biases and norm weights must stay F32 for llama.cpp.
         writer.add_tensor(name, array.astype(np.float16) if array.ndim >= 2 else array)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp_name)
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.chmod(0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_gguf(writer, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
