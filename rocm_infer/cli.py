@@ -547,7 +547,10 @@ def _cmd_rpc_worker(args: argparse.Namespace) -> int:
             )
             code = await worker.wait()
         raise rocm_infer.ServerExitedError(
-            f"rpc-server pid {worker.pid} exited with code {code}", returncode=code, output_tail=worker.output_tail
+            f"rpc-server pid {worker.pid} exited with code {code}",
+            returncode=code,
+            output_tail=worker.output_tail,
+            program="rpc-server",
         )
 
     return asyncio.run(serve())

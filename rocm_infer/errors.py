@@ -115,10 +115,11 @@ class InsufficientVRAMError(RocmInferError):
 
 
 class ServerError(RocmInferError):
-    """The llama-server process failed.
+    """A supervised process (llama-server, or an RPC worker's rpc-server) failed.
 
     ``returncode`` is the exit status (negative for a signal, ``None`` if it
-    was still running) and ``output_tail`` the last lines it printed.
+    was still running), ``output_tail`` the last lines it printed and
+    ``program`` what it was.
     """
 
     def __init__(
@@ -127,15 +128,17 @@ class ServerError(RocmInferError):
         *,
         returncode: int | None = None,
         output_tail: str = "",
+        program: str = "llama-server",
     ) -> None:
         super().__init__(message)
         self.returncode = returncode
         self.output_tail = output_tail
+        self.program = program
 
     def __str__(self) -> str:
         text = super().__str__()
         if self.output_tail:
-            text += "\n--- last llama-server output ---\n" + self.output_tail
+            text += f"\n--- last {self.program} output ---\n" + self.output_tail
         return text
 
 

@@ -333,7 +333,7 @@ class RpcWorker:
         try:
             pid = await self._child.spawn(binary, argv, env, _preexec())
         except OSError as exc:
-            raise ServerStartError(f"could not run rpc-server {binary!r}: {exc}") from exc
+            raise ServerStartError(f"could not run rpc-server {binary!r}: {exc}", program="rpc-server") from exc
         logger.info("started rpc-server pid %d on %s:%d", pid, self.host, self.port)
         logger.debug("rpc-server argv: %s %s", binary, " ".join(argv))
 
@@ -376,7 +376,7 @@ class RpcWorker:
         returncode = self.returncode
         if returncode is not None:
             message = f"{message} (exit code {returncode})"
-        return ServerStartError(message, returncode=returncode, output_tail=self.output_tail)
+        return ServerStartError(message, returncode=returncode, output_tail=self.output_tail, program="rpc-server")
 
     def _on_exit(self, returncode: int) -> None:
         if self._state is ServerState.RUNNING:

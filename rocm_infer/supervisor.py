@@ -192,10 +192,13 @@ class Supervisor:
     def _exited_error(self) -> ServerExitedError:
         assert self._server is not None
         code = self._server.returncode
+        tail = self._server.output_tail
+        # A model split over RPC workers: llama-server aborts when one of them goes away.
+        why = "; an RPC worker it used went away" if "Remote RPC server crashed" in tail else ""
         return ServerExitedError(
-            f"llama-server (pid {self._server.pid}) exited with code {code} while the model was in use",
+            f"llama-server (pid {self._server.pid}) exited with code {code} while the model was in use{why}",
             returncode=code,
-            output_tail=self._server.output_tail,
+            output_tail=tail,
         )
 
     # -- restart ---------------------------------------------------------------------------------
