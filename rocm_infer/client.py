@@ -14,21 +14,36 @@ llama-server closes the connection after every streamed response even though
 it advertises keep-alive, so a pooled connection can be dead when reused. The
 client therefore never reuses connections (``force_close``): on loopback a new
 connection costs tens of microseconds, far less than a retry.
+
+A stream to a server at an IP address over plain HTTP (every server the SDK
+starts: ``http://127.0.0.1:PORT``), from a client that made its own session,
+does not go through aiohttp: it has a connection of its own, whose protocol
+(:class:`_Response`) parses the HTTP/1.1 response as it arrives and decodes
+SSE and JSON in the same callback, so one network read costs one wake-up of
+the reader and no more. aiohttp's request path and per-read path cost more
+CPU than everything else a token does (measured in docs/benchmarks.md, row
+10). Any other stream (a shared ``session``, HTTPS, a host name) uses
+aiohttp, with the same events, errors and closing guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import ipaddress
 import json
 import logging
+import os
 import re
+import threading
 import time
+import urllib.parse
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from time import monotonic
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 
@@ -40,6 +55,7 @@ from .errors import (
     ContextLengthError,
     ModelClosedError,
     ProtocolError,
+    RocmInferError,
 )
 from .sse import SSEDecoder, SSELineTooLongError
 
@@ -61,15 +77,19 @@ _UNAVAILABLE_MAX_DELAY = 1.0
 
 
 _json_decoder = json.JSONDecoder()
+# The decoder's C scanner: one call per event, without raw_decode's Python frame around it.
+_scan: Callable[[str, int], tuple[Any, int]] = _json_decoder.scan_once  # type: ignore[attr-defined]
+# Request bodies: compact, as nobody reads them but llama-server.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _loads(data: str) -> Any:
     """``json.loads(data)``, minus its two whitespace scans when there is no padding
     (llama-server sends none): on the per-event path they cost a third of the parse."""
     try:
-        value, end = _json_decoder.raw_decode(data)
-    except ValueError:
-        return json.loads(data)  # leading whitespace, or the very error json.loads raises
+        value, end = _scan(data, 0)
+    except StopIteration:
+        return json.loads(data)  # leading whitespace or no value at all: json.loads says which
     if end != len(data):
         return json.loads(data)  # trailing whitespace, or extra data: likewise
     return value
@@ -196,13 +216,17 @@ class LlamaServerClient:
     ``api_key`` is sent as a bearer token and never appears in reprs, logs or
     errors. ``session`` lets a caller share an ``aiohttp.ClientSession``; the
     client closes only a session it created itself. ``timeout`` bounds each
-    non-streaming request; ``idle_timeout`` bounds the silence between two
-    reads of a stream (``None``: wait forever). Both raise
+    non-streaming request; ``connect_timeout`` each connect (but that of a
+    stream to a loopback address, which the kernel completes or refuses at
+    once); ``idle_timeout`` bounds the silence between two
+    reads of a stream (``None``: wait forever). They raise
     :class:`~rocm_infer.errors.APITimeoutError`. A request answered 503 (the
     model is still loading) is sent again, with backoff, for up to
     ``unavailable_timeout`` seconds before its APIError is raised; a 503
     comes before any byte of a response, so nothing is ever retried after a
-    stream has produced events.
+    stream has produced events. Streams to an IP address over plain HTTP,
+    without a ``session`` of the caller's, do not go through aiohttp (see
+    the module docs); every other request does.
 
     Use it as an async context manager or call :meth:`aclose`.
     """
@@ -227,8 +251,12 @@ class LlamaServerClient:
         # No sock_read here: aiohttp would re-arm a timer on every read. EventStream
         # enforces idle_timeout with one lazily re-armed timer instead.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.unavailable_timeout = unavailable_timeout
+        self._direct = _Direct.of(self.base_url, api_key) if session is None else None
+        # The streams' own connections (not aiohttp's) that are open, so that aclose() closes them too.
+        self._connections: set[_Response] = set()
 
     def __repr__(self) -> str:
         return f"LlamaServerClient({self.base_url!r}{', closed' if self._closed else ''})"
@@ -367,13 +395,72 @@ class LlamaServerClient:
         """POST /v1/chat/completions streamed (OpenAI format, ends with ``[DONE]``)."""
         return EventStream(self, "/v1/chat/completions", {**body, "stream": True}, terminator="done")
 
+    async def _open_stream(self, path: str, body: Mapping[str, Any], events: _Events) -> _Response:
+        """Connect, send the request and return the response once its status is known good.
+
+        The connection of its own that :class:`EventStream` uses where the client may skip
+        aiohttp (``self._direct``); the same 503 retries and errors as :meth:`_send`.
+        """
+        if self._closed:
+            raise ModelClosedError("the llama-server client is closed")
+        direct = self._direct
+        assert direct is not None
+        url = self.base_url + path
+        request = direct.request(path, _encode(body).encode())
+        loop = asyncio.get_running_loop()
+        translated = _Translated(url)
+        delay = _UNAVAILABLE_FIRST_DELAY
+        give_up_at: float | None = None
+        while True:
+            response = _Response(events, url, self._connections)
+            try:
+                with translated:
+                    if direct.loopback:
+                        # The kernel completes or refuses a loopback connect at once: a timer would only
+                        # cost (a pending timer makes every turn of the loop dearer) and never fire.
+                        transport, _ = await loop.create_connection(response.itself, direct.host, direct.port)
+                    else:
+                        async with asyncio.timeout(self._connect_timeout):
+                            transport, _ = await loop.create_connection(response.itself, direct.host, direct.port)
+                # uvloop may return before it calls connection_made: the transport is the one returned.
+                response.attach(transport)
+                response.send(request)
+                await response.head()
+            except BaseException:
+                response.close()
+                raise
+            status = response.status
+            if status == 503:
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.unavailable_timeout
+                if now + delay <= give_up_at:
+                    response.close()
+                    logger.debug("POST %s answered 503; retrying in %.2fs", path, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _UNAVAILABLE_MAX_DELAY)
+                    continue
+            if status >= 400:
+                try:
+                    raw = await response.read_error_body()
+                finally:
+                    response.close()
+                try:
+                    payload: object = json.loads(raw)
+                except ValueError:
+                    payload = raw.decode("utf-8", "replace").strip() or response.reason
+                raise _error_from_payload(payload, status=status, url=url)
+            return response
+
     # -- lifetime --------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the HTTP session if this client created it. Idempotent."""
+        """Close the HTTP session if this client created it, and every stream's connection. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        for connection in list(self._connections):
+            connection.abort(ModelClosedError("the llama-server client was closed while this stream was open"))
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
@@ -406,15 +493,12 @@ class EventStream:
         "_body",
         "_terminator",
         "_response",
-        "_decoder",
-        "_pending",
+        "_protocol",
+        "_events",
         "_ahead",
-        "_error",
-        "_done",
         "_closed",
         "_last_read",
-        "_clock",
-        "_watchdog",
+        "_watched",
         "_idle",
         "_translated",
         "__weakref__",
@@ -427,16 +511,13 @@ class EventStream:
         self._path = path
         self._body = body
         self._terminator = terminator
-        self._response: aiohttp.ClientResponse | None = None
-        self._decoder = SSEDecoder()
-        self._pending: list[JSON] = []  # decoded, not yet returned by read_batch
+        self._response: aiohttp.ClientResponse | None = None  # through aiohttp
+        self._protocol: _Response | None = None  # on a connection of its own
+        self._events = _Events(client.base_url + path, path, terminator)
         self._ahead: deque[JSON] = deque()  # returned by read_batch for __anext__, not yet iterated
-        self._error: Exception | None = None
-        self._done = False  # the terminator was seen
         self._closed = False
-        self._last_read = 0.0
-        self._clock = time.monotonic
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_read = 0.0  # when the response last brought bytes (monotonic clock), for the watchdog
+        self._watched = False  # the idle watchdog looks at this stream
         self._idle = False  # closed by the watchdog: the server went silent
         self._translated = _Translated(client.base_url + path)
 
@@ -447,38 +528,44 @@ class EventStream:
     @property
     def completed(self) -> bool:
         """True once the stream's terminator was received."""
-        return self._done
+        return self._events.done
 
     async def open(self) -> None:
         """Send the request now (reads do it on demand)."""
-        if self._response is None and not self._closed:
+        if self._response is None and self._protocol is None and not self._closed:
+            client = self._client
             try:
-                self._response = await self._client._send("POST", self._path, self._body, self._client._stream_timeout)
+                if client._direct is not None:
+                    self._protocol = await client._open_stream(self._path, self._body, self._events)
+                else:
+                    self._response = await client._send("POST", self._path, self._body, client._stream_timeout)
             except BaseException:
                 self._closed = True
                 raise
-            timeout = self._client.idle_timeout
-            if timeout is not None:
-                loop = asyncio.get_running_loop()
-                self._clock = loop.time
-                self._last_read = loop.time()
-                self._watchdog = loop.call_later(timeout, _check_idle, weakref.ref(self))
+            timeout = client.idle_timeout
+            if timeout is not None and not self._closed:
+                self._last_read = monotonic()
+                self._watched = True
+                _WATCHDOG.watch(self, asyncio.get_running_loop(), timeout)
 
-    def _check_idle(self) -> None:
-        """Close the response if nothing was read for idle_timeout, else re-arm.
+    def _last_activity(self) -> float:
+        """When the server last sent something (monotonic clock); now, while reading is paused
+        because the reader is behind (that is no silence of the server's). Read by the watchdog's thread."""
+        protocol = self._protocol
+        if protocol is None:
+            return self._last_read
+        if protocol.paused:
+            return monotonic()
+        return max(self._last_read, protocol.last_read)
 
-        Reads only record the time; the timer is re-armed once per timeout
-        period, not once per read, which keeps the per-token path free of
-        timer work.
-        """
-        timeout = self._client.idle_timeout
-        assert timeout is not None
-        loop = asyncio.get_running_loop()
-        remaining = self._last_read + timeout - loop.time()
-        if remaining > 0:
-            self._watchdog = loop.call_later(remaining, _check_idle, weakref.ref(self))
+    def _check_idle(self, timeout: float) -> None:
+        """The watchdog saw no read for ``timeout``: close the response (the reader raises the
+        APITimeoutError), unless something came meanwhile; then it watches again."""
+        if self._closed:
             return
-        self._watchdog = None
+        if monotonic() - self._last_activity() < timeout:
+            _WATCHDOG.watch(self, asyncio.get_running_loop(), timeout)
+            return
         self._idle = True
         self.close()  # wakes the reader, which raises the APITimeoutError
 
@@ -491,75 +578,87 @@ class EventStream:
             ahead = list(self._ahead)
             self._ahead.clear()
             return ahead
-        while not self._pending:
-            if self._error is not None:
-                error, self._error = self._error, None
-                self.close()
-                raise error
-            if self._done or self._closed:
-                return []
-            if self._response is None:
-                await self.open()
-                if self._response is None:
-                    return []
-            await self._read_more(self._response)
-        batch = self._pending
-        self._pending = []
+        batch = self.take()
+        while batch is None:
+            try:
+                await self.more()
+            except BaseException:
+                self.close()  # whatever stopped the wait (cancellation too) ends the response
+                raise
+            batch = self.take()
         return batch
 
+    def take(self) -> list[JSON] | None:
+        """Every event decoded so far, without waiting; ``[]`` once the stream is complete;
+        None when there is none yet (await :meth:`more`, then take again).
+
+        Raises what :meth:`read_batch` raises, when it comes (closing the response).
+        The two halves of :meth:`read_batch`, for a reader that takes one wake-up per
+        network read and no coroutine of this class's in between.
+        """
+        events = self._events
+        if events.pending:
+            batch = events.take()
+            if events.done or events.error is not None:
+                self.close()  # nothing after the terminator (or an error) is wanted: free the connection now
+            if batch:
+                protocol = self._protocol
+                if protocol is not None and protocol.paused:
+                    protocol.resume()
+                return batch
+        if self._idle:
+            self._idle = False
+            raise self._idle_error()
+        error = events.error
+        if error is not None:
+            events.error = None
+            self.close()
+            raise error
+        if events.ended and not events.done:  # the body ended after the last event taken, without the terminator
+            events.take()
+            error, events.error = events.error, None
+            self.close()
+            if error is not None:
+                raise error
+        if events.done or self._closed:
+            self.close()  # the end: the watchdog stops too
+            return []
+        protocol = self._protocol
+        if protocol is not None and protocol.closed:
+            self.close()
+            raise APIConnectionError(f"the connection to llama-server was closed ({self.url})", url=self.url)
+        return None
+
+    def more(self) -> Awaitable[None]:
+        """What to await after :meth:`take` returned None: the next network read (or the
+        request, first). Cancelling it is the caller's to handle (close the stream)."""
+        protocol = self._protocol
+        if protocol is not None:
+            return protocol.waiter()
+        if self._response is not None:
+            return self._read_more(self._response)
+        return self.open()
+
     async def _read_more(self, response: aiohttp.ClientResponse) -> None:
+        """One read through aiohttp (a client with a session of the caller's, HTTPS, a host name)."""
         try:
             with self._translated:
                 chunk = await response.content.readany()
         except BaseException as exc:
             self.close()  # whatever stopped the read (cancellation too) ends the response
             if self._idle:
+                self._idle = False
                 raise self._idle_error() from exc
             raise
         if self._idle:
-            raise self._idle_error()
-        if self._watchdog is not None:
-            self._last_read = self._clock()
-        try:
-            events = self._decoder.feed(chunk) if chunk else self._decoder.end()
-        except SSELineTooLongError as exc:
+            return  # take() raises it
+        if self._watched:
+            self._last_read = monotonic()
+        events = self._events
+        events.feed(chunk)
+        if events.done or events.error is not None or not chunk:
+            # Nothing after the terminator (or an error, or the end) that we want: free the connection now.
             self.close()
-            raise ProtocolError(f"llama-server sent an over-long SSE line ({self.url}): {exc}", url=self.url) from exc
-        for event in events:
-            self._handle(event.data)
-            if self._done or self._error is not None:
-                break
-        if self._done:
-            # Nothing follows the terminator that we want: free the connection now.
-            self.close()
-        elif not chunk and self._error is None:
-            self.close()
-            expected = "[DONE]" if self._terminator == "done" else 'an event with "stop": true'
-            self._error = ProtocolError(
-                f"llama-server's stream from {self._path} ended before {expected}: the response is incomplete",
-                url=self.url,
-            )
-
-    def _handle(self, data: str) -> None:
-        if data == "[DONE]":
-            self._done = True
-            return
-        try:
-            payload = _loads(data)
-        except ValueError:
-            self._error = ProtocolError(f"llama-server sent an event that is not JSON: {data[:200]!r}", url=self.url)
-            return
-        if not isinstance(payload, dict):
-            self._error = ProtocolError(
-                f"llama-server sent an event that is not a JSON object: {data[:200]!r}", url=self.url
-            )
-            return
-        if "error" in payload:
-            self._error = _error_from_payload(payload, status=None, url=self.url)
-            return
-        self._pending.append(payload)
-        if self._terminator == "stop" and payload.get("stop") is True:
-            self._done = True
 
     def __aiter__(self) -> EventStream:
         return self
@@ -580,16 +679,19 @@ class EventStream:
 
     def close(self) -> None:
         """Close the response now, without waiting. Idempotent."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if self._watched:
+            self._watched = False
+            _WATCHDOG.unwatch(self)
         if self._closed:
             return
         self._closed = True
+        # close() (not release()) drops the connection: llama-server sees the
+        # client go away and stops generating for this request.
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.close()
         response, self._response = self._response, None
         if response is not None:
-            # close() (not release()) drops the connection: llama-server sees the
-            # client go away and stops generating for this request.
             response.close()
 
     async def aclose(self) -> None:
@@ -607,12 +709,598 @@ class EventStream:
 
     def __del__(self) -> None:
         # A stream dropped unfinished must not keep llama-server generating.
-        if not self._closed and self._response is not None:
-            self._response.close()
+        if not self._closed:
+            try:
+                if self._protocol is not None:
+                    self._protocol.close()
+                if self._response is not None:
+                    self._response.close()
+            except RuntimeError:  # its event loop is closed: so is the connection
+                pass
 
 
-def _check_idle(ref: weakref.ref[EventStream]) -> None:
-    # The timer holds only a weak reference, so a dropped stream is still collected (and closed).
+def _check_idle(ref: weakref.ref[EventStream], timeout: float) -> None:
+    # The watchdog holds only a weak reference, so a dropped stream is still collected (and closed).
     stream = ref()
     if stream is not None:
-        stream._check_idle()
+        stream._check_idle(timeout)
+
+
+class _Watchdog:
+    """Closes the streams that went silent for their ``idle_timeout``, from one thread for the process.
+
+    A timer in the event loop would do it too, but while any timer is pending
+    every turn of the loop costs more, and a stream turns the loop at every
+    read (measured: a pending timer added about 7% to a token's client CPU, 6%
+    to a short request's). This thread wakes a few times per timeout, reads
+    each watched stream's time of its last read, and has an idle one checked
+    and closed in its own loop (``call_soon_threadsafe``). It exits once no
+    stream was watched for a while.
+    """
+
+    _LINGER = 10.0  # seconds without a stream before the thread exits
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # id(stream) -> (the stream, weakly; its loop; its timeout)
+        self._streams: dict[int, tuple[weakref.ref[EventStream], asyncio.AbstractEventLoop, float]] = {}
+        self._interval = self._LINGER  # how long the thread waits between two looks
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forked)
+
+    def watch(self, stream: EventStream, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        with self._lock:
+            self._streams[id(stream)] = (weakref.ref(stream), loop, timeout)
+            if timeout / 4 < self._interval:
+                self._changed.notify()  # it waits longer than this stream allows
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rocm_infer idle watchdog", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, stream: EventStream) -> None:
+        with self._lock:
+            self._streams.pop(id(stream), None)
+
+    def _run(self) -> None:
+        with self._lock:
+            try:
+                quiet_since = monotonic()
+                while self._streams or monotonic() - quiet_since < self._LINGER:
+                    if not self._streams:
+                        self._interval = self._LINGER
+                        self._changed.wait(self._LINGER)
+                        continue
+                    # A stream is seen idle at most a quarter of its timeout late.
+                    shortest = min(timeout for _, _, timeout in self._streams.values())
+                    self._interval = min(max(shortest / 4, 0.005), 1.0)
+                    self._changed.wait(self._interval)
+                    now = quiet_since = monotonic()
+                    for key, (ref, loop, timeout) in list(self._streams.items()):
+                        if self._idle_for(ref, now) < timeout:
+                            continue
+                        del self._streams[key]  # collected, or silent for its timeout
+                        try:
+                            loop.call_soon_threadsafe(_check_idle, ref, timeout)
+                        except RuntimeError:  # its loop is closed, and its connection with it
+                            pass
+            finally:
+                self._thread = None
+
+    @staticmethod
+    def _idle_for(ref: weakref.ref[EventStream], now: float) -> float:
+        """How long the stream has been silent (infinite once it was collected). The stream is
+        dereferenced in this frame only: the thread, which sleeps between looks, must hold no
+        strong reference to it, or a stream dropped unfinished would never be collected (and closed)."""
+        stream = ref()
+        return float("inf") if stream is None else now - stream._last_activity()
+
+    def _forked(self) -> None:
+        # The thread does not exist in a child process: start afresh there.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._streams = {}
+        self._interval = self._LINGER
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Events:
+    """The events of one response body: SSE decoded as its bytes arrive, JSON when they are taken.
+
+    :meth:`feed` takes each piece of the body (``b""`` at its end) and keeps
+    the data of every event it completes in ``pending``; :meth:`take` decodes
+    them. The JSON is decoded by the reader, not in the read that brought it:
+    a reader that is behind holds strings, not thousands of JSON objects that
+    every garbage collection would walk. ``done`` is set at the stream's
+    terminator, ``error`` at the first thing that is not an event (after the
+    events before it).
+    """
+
+    __slots__ = ("pending", "done", "ended", "error", "_sse", "_clean", "_stop", "_url", "_path")
+
+    def __init__(self, url: str, path: str, terminator: Terminator) -> None:
+        self.pending: list[str] = []  # the data of events not decoded yet
+        self.done = False
+        self.ended = False  # the body ended
+        self.error: Exception | None = None
+        self._sse = SSEDecoder()
+        self._clean = True  # the SSE decoder holds nothing (SSEDecoder.idle)
+        self._stop = terminator == "stop"
+        self._url = url
+        self._path = path
+
+    def feed(self, chunk: bytes) -> None:
+        """The next piece of the body; ``b""`` says the body ended."""
+        if self.done or self.error is not None:
+            return
+        if not chunk:
+            self.ended = True
+        if (
+            self._clean
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n")
+            and b"\r" not in chunk
+        ):
+            # One whole event, as llama-server writes each: its data needs no decoder.
+            data = chunk[6:-2].decode("utf-8", "replace")
+            if data == "[DONE]":
+                self.done = True
+            else:
+                self.pending.append(data)
+            return
+        sse = self._sse
+        try:
+            datas = sse.feed_data(chunk) if chunk else sse.end_data()
+        except SSELineTooLongError as exc:
+            error = ProtocolError(f"llama-server sent an over-long SSE line ({self._url}): {exc}", url=self._url)
+            error.__cause__ = exc
+            self.error = error
+            return
+        self._clean = sse.idle
+        for data in datas:
+            if data == "[DONE]":
+                self.done = True
+                return
+            self.pending.append(data)
+
+    def take(self) -> list[JSON]:
+        """The pending events as JSON objects, up to the terminator or the first that is not one
+        (``error``, raised after these)."""
+        datas = self.pending
+        self.pending = []
+        events: list[JSON] = []
+        for data in datas:
+            try:
+                try:
+                    payload, end = _scan(data, 0)
+                except StopIteration:  # leading whitespace (or nothing): json.loads decides
+                    payload, end = json.loads(data), len(data)
+                if end != len(data):  # trailing whitespace, or more than one value
+                    payload = json.loads(data)
+            except ValueError:
+                self.error = ProtocolError(
+                    f"llama-server sent an event that is not JSON: {data[:200]!r}", url=self._url
+                )
+                break
+            if type(payload) is not dict:
+                self.error = ProtocolError(
+                    f"llama-server sent an event that is not a JSON object: {data[:200]!r}", url=self._url
+                )
+                break
+            if "error" in payload:
+                self.error = _error_from_payload(payload, status=None, url=self._url)
+                break
+            events.append(payload)
+            if self._stop and payload.get("stop") is True:
+                self.done = True
+                self.error = None  # what broke after the terminator does not matter
+                break
+        if self.ended and not self.done and self.error is None:
+            self.ended = False  # said once
+            expected = "[DONE]" if not self._stop else 'an event with "stop": true'
+            self.error = ProtocolError(
+                f"llama-server's stream from {self._path} ended before {expected}: the response is incomplete",
+                url=self._url,
+            )
+        return events
+
+
+class _Direct:
+    """Where a client's streams connect without aiohttp, and the request head they all share."""
+
+    __slots__ = ("host", "port", "loopback", "_prefix", "_headers")
+
+    def __init__(self, host: str, port: int, prefix: str, headers: bytes) -> None:
+        self.host = host
+        self.port = port
+        self.loopback = ipaddress.ip_address(host).is_loopback
+        self._prefix = prefix
+        self._headers = headers
+
+    @classmethod
+    def of(cls, base_url: str, api_key: str | None) -> _Direct | None:
+        """The direct route to ``base_url``: plain HTTP to an IP address only, else None (aiohttp)."""
+        try:
+            url = urllib.parse.urlsplit(base_url)
+            host = url.hostname or ""
+            ipaddress.ip_address(host)
+            port = url.port or 80
+        except ValueError:
+            return None
+        if url.scheme != "http" or url.username or url.password or url.query or url.fragment:
+            return None
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"Host: {authority}", "Content-Type: application/json", "Accept: text/event-stream"]
+        if api_key:
+            lines.append(f"Authorization: Bearer {api_key}")
+        lines.append("Connection: close")
+        try:
+            headers = "".join(line + "\r\n" for line in lines).encode("latin-1")
+        except UnicodeEncodeError:  # a key HTTP cannot carry: let aiohttp say so
+            return None
+        return cls(host, port, url.path.rstrip("/"), headers)
+
+    def request(self, path: str, body: bytes) -> bytes:
+        """The whole request for a POST of ``body`` to ``path``."""
+        target = (self._prefix + path).encode("latin-1")
+        return b"POST %b HTTP/1.1\r\n%bContent-Length: %d\r\n\r\n%b" % (target, self._headers, len(body), body)
+
+
+# How far _Response has read its response.
+_HEAD = 0  # the status line and headers
+_SIZE = 1  # a chunk-size line (chunked body)
+_DATA = 2  # a chunk's data: _left bytes to go
+_CRLF = 3  # the CRLF after a chunk's data
+_TRAILER = 4  # the trailer lines after the last chunk
+_SIZED = 5  # a body of Content-Length bytes: _left bytes to go
+_UNTIL_EOF = 6  # a body that ends when the connection does
+_END = 7  # the body is complete
+
+_MAX_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 4 * 1024
+# Decoded events held for a reader that is behind, past which the socket is no longer read
+# (llama-server then waits to send more, as it would for an aiohttp reader that is behind).
+_HIGH_WATER = 1024
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class _Response(asyncio.Protocol):
+    """One HTTP/1.1 response on a connection of its own, parsed as the bytes arrive.
+
+    Once the head is in, ``status`` says what came. A good response's body
+    (chunked, Content-Length or up to EOF) goes to ``events`` piece by piece,
+    in the read that brought it, and the reader waiting on :meth:`waiter` is
+    woken once per read that completed something; the connection is closed as
+    soon as the stream's terminator (or an error) is decoded. An error
+    status's body is kept for :meth:`read_error_body` instead.
+    """
+
+    __slots__ = (
+        "transport",
+        "status",
+        "reason",
+        "events",
+        "last_read",
+        "paused",
+        "_url",
+        "_registry",
+        "_state",
+        "_buffer",
+        "_left",
+        "_error_body",
+        "_failure",
+        "_waiter",
+        "_closed",
+    )
+
+    def __init__(self, events: _Events, url: str, registry: set[_Response]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.status = 0
+        self.reason = ""
+        self.events = events
+        self.last_read = 0.0
+        self.paused = False  # reading stopped: the reader is _HIGH_WATER events behind
+        self._url = url
+        self._registry = registry
+        self._state = _HEAD
+        self._buffer = b""  # an unfinished head, chunk-size line or CRLF
+        self._left = 0
+        self._error_body: list[bytes] | None = None  # the body of an error status, kept whole
+        self._failure: RocmInferError | None = None  # what went wrong before the head was in
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- for the stream ----------------------------------------------------------------------------
+
+    def itself(self) -> _Response:
+        """The protocol factory that ``create_connection`` calls: this response."""
+        return self
+
+    def send(self, request: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future the next read that completes something (or the end) resolves."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._closed:
+            waiter.set_result(None)
+        else:
+            self._waiter = waiter
+        return waiter
+
+    async def head(self) -> None:
+        """Wait for the status line and headers; raise what broke the response before them."""
+        while self._state == _HEAD:
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                raise APIConnectionError(f"the connection to llama-server was closed ({self._url})", url=self._url)
+            await self.waiter()
+
+    async def read_error_body(self) -> bytes:
+        """The body of an error status (up to _MAX_ERROR_BODY bytes), or what arrived of it."""
+        while self._state != _END and not self._closed:
+            await self.waiter()
+        return b"".join(self._error_body or ())[:_MAX_ERROR_BODY]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def abort(self, error: RocmInferError) -> None:
+        """Close the connection from outside; the stream (or :meth:`head`) raises ``error``."""
+        if not self._closed:
+            self._fail(error)
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection now (llama-server sees the client go away). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self._wake()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def attach(self, transport: asyncio.BaseTransport) -> None:
+        """The connection's transport (from connection_made, or what create_connection returned)."""
+        if self.transport is None:
+            # A stream transport (uvloop's is one without deriving from asyncio.Transport).
+            self.transport = cast(asyncio.Transport, transport)
+            if self._closed:
+                transport.close()
+            else:
+                self._registry.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = monotonic()
+        if self._state == _SIZE and not self._buffer:
+            # The common case: the read is exactly one whole chunk, as llama-server writes an event.
+            line_end = data.find(b"\r\n")
+            if 0 < line_end <= 16 and data[:line_end].isalnum():
+                try:
+                    size = int(data[:line_end], 16)
+                except ValueError:
+                    size = 0
+                end = line_end + 2 + size
+                if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n" and self._error_body is None:
+                    events = self.events
+                    events.feed(data[line_end + 2 : end])
+                    if events.pending or events.done or events.error is not None:
+                        if events.done or events.error is not None:
+                            self.close()  # nothing more is wanted: llama-server stops generating
+                        elif len(events.pending) >= _HIGH_WATER:
+                            self._pause()
+                        waiter = self._waiter
+                        if waiter is not None:
+                            self._waiter = None
+                            if not waiter.done():
+                                waiter.set_result(None)
+                    return
+        self._parse(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost settles the body
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._registry.discard(self)
+        if not self._closed:
+            self._closed = True
+            state = self._state
+            if state == _UNTIL_EOF:
+                self._end()
+            elif state == _HEAD:
+                why = f": {exc}" if exc is not None else " before answering"
+                self._failure = APIConnectionError(
+                    f"llama-server closed the connection{why} ({self._url})", url=self._url
+                )
+            elif state != _END:
+                if exc is not None:
+                    self._fail(
+                        APIConnectionError(f"connection to llama-server failed ({self._url}): {exc}", url=self._url)
+                    )
+                else:
+                    self._fail(ProtocolError(f"llama-server response body broke off ({self._url})", url=self._url))
+        self._wake()
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _body(self, piece: bytes) -> None:
+        """A piece of the body: events for the stream, or bytes of an error body."""
+        if self._error_body is not None:
+            self._error_body.append(piece)
+            if sum(map(len, self._error_body)) >= _MAX_ERROR_BODY:
+                self._state = _END  # enough to report it
+                self._wake()
+            return
+        events = self.events
+        events.feed(piece)
+        if events.pending or events.done or events.error is not None:
+            if events.done or events.error is not None:
+                self.close()  # nothing more is wanted: llama-server stops generating
+            elif len(events.pending) >= _HIGH_WATER:
+                self._pause()
+            self._wake()
+
+    def _pause(self) -> None:
+        if not self.paused and not self._closed and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _end(self) -> None:
+        """The body is complete."""
+        self._state = _END
+        if self._error_body is None:
+            self.events.feed(b"")
+            self.close()
+        self._wake()
+
+    def _fail(self, error: RocmInferError) -> None:
+        """The response is broken: before the head, ``head()`` raises ``error``; after it, the stream does."""
+        if self._state == _HEAD:
+            self._failure = error
+        elif self._error_body is not None:
+            self._state = _END  # what arrived of an error body is enough to report it
+        elif self.events.error is None and not self.events.done:
+            self.events.error = error
+        self.close()
+
+    def _malformed(self, what: str) -> None:
+        self._fail(ProtocolError(f"llama-server sent a malformed HTTP response ({self._url}): {what}", url=self._url))
+
+    def _parse(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        pos = 0
+        size = len(data)
+        while pos < size and not self._closed:
+            state = self._state
+            if state == _SIZE or state == _TRAILER:
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > _MAX_CHUNK_LINE:
+                        self._malformed("a chunk-size line without an end")
+                        return
+                    self._buffer = data[pos:]
+                    return
+                line = data[pos:end]
+                pos = end + 2
+                if state == _TRAILER:
+                    if not line:
+                        self._end()
+                    continue
+                digits = line.split(b";", 1)[0].strip()
+                if not digits or not _HEX.issuperset(digits):
+                    self._malformed(f"bad chunk size {line[:40]!r}")
+                    return
+                length = int(digits, 16)
+                if length == 0:
+                    self._state = _TRAILER
+                else:
+                    self._state = _DATA
+                    self._left = length
+            elif state == _DATA or state == _SIZED:
+                take = min(self._left, size - pos)
+                self._left -= take
+                pos += take
+                if self._left == 0:
+                    self._state = _CRLF if state == _DATA else _END
+                self._body(data[pos - take : pos])
+                if self._state == _END and state == _SIZED:
+                    self._end()
+            elif state == _CRLF:
+                if size - pos < 2:
+                    self._buffer = data[pos:]
+                    return
+                if data[pos : pos + 2] != b"\r\n":
+                    self._malformed("a chunk's data does not end with CRLF")
+                    return
+                pos += 2
+                self._state = _SIZE
+            elif state == _HEAD:
+                end = data.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if size - pos > _MAX_HEAD:
+                        self._malformed("a head longer than 64 KiB")
+                        return
+                    self._buffer = data[pos:]
+                    return
+                head = data[pos:end]
+                pos = end + 4
+                self._head(head)
+            elif state == _UNTIL_EOF:
+                self._body(data[pos:])
+                return
+            else:  # _END: bytes after the body are not ours to read
+                return
+
+    def _head(self, head: bytes) -> None:
+        status_line, _, fields = head.partition(b"\r\n")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+            self._malformed(f"the status line is {status_line[:100]!r}")
+            return
+        status = int(parts[1])
+        if status < 200:
+            return  # an interim response (100 Continue): the real one follows
+        self.status = status
+        self.reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+        headers = b"\r\n" + fields.lower()
+        if status >= 400:
+            self._error_body = []
+        encoding = _header(headers, b"\r\ncontent-encoding:")
+        if encoding is not None and encoding != b"identity":
+            self._malformed(f"a body in {encoding.decode('latin-1')!r}, which was not asked for")
+            return
+        transfer = _header(headers, b"\r\ntransfer-encoding:")
+        length = _header(headers, b"\r\ncontent-length:")
+        if status == 204 or status == 304:
+            self._end()
+        elif transfer is not None:
+            if transfer.rsplit(b",", 1)[-1].strip() != b"chunked":
+                self._state = _UNTIL_EOF
+            else:
+                self._state = _SIZE
+        elif length is not None:
+            if not length.isdigit():
+                self._malformed(f"Content-Length {length[:40]!r}")
+                return
+            self._left = int(length)
+            self._state = _SIZED
+            if self._left == 0:
+                self._end()
+        else:
+            self._state = _UNTIL_EOF
+        self._wake()
+
+
+def _header(headers: bytes, field: bytes) -> bytes | None:
+    """The value of the header that ``field`` (``b"\\r\\nname:"``, lower case) starts in ``headers``
+    (lower-cased, each line after a CRLF), or None."""
+    start = headers.find(field)
+    if start < 0:
+        return None
+    start += len(field)
+    end = headers.find(b"\r\n", start)
+    return headers[start : end if end >= 0 else len(headers)].strip()

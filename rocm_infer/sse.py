@@ -79,6 +79,67 @@ class SSEDecoder:
         Events completed before an over-long line are returned first; the
         :class:`SSELineTooLongError` comes from the next call.
         """
+        lines = self._lines(chunk)
+        events: list[ServerSentEvent] = []
+        data = self._data
+        for line in lines:
+            # The hot path: "data: {...}" lines and the blank lines that end events,
+            # handled here without a call per line; everything else goes to _line.
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+            elif line.startswith(b"data:"):
+                data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
+            else:
+                self._line(line)
+        if self._overflow and not events:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        return events
+
+    def feed_data(self, chunk: bytes) -> list[str]:
+        """:meth:`feed`, returning only each completed event's ``data``.
+
+        For a reader that needs nothing else (a JSON stream): no event
+        objects are made, and a chunk that is exactly one ``data:`` line and
+        the blank line ending it (how llama-server writes every event) is
+        decoded without splitting it into lines. The state it keeps (id,
+        event type, held bytes) is the same as :meth:`feed` would keep.
+        """
+        if (
+            chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n")
+            and not (
+                self._held or self._data or self._skip_lf or self._overflow or self._event or self._retry is not None
+            )
+            and b"\r" not in chunk
+        ):
+            if self._id is not None:
+                self.last_event_id = self._id
+            return [chunk[6:-2].decode("utf-8", "replace")]
+        lines = self._lines(chunk)
+        out: list[str] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if self._id is not None:
+                    self.last_event_id = self._id
+                if data:
+                    out.append(data[0] if len(data) == 1 else "\n".join(data))
+                    data.clear()
+                self._event = ""
+                self._retry = None
+            elif line.startswith(b"data:"):
+                data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
+            else:
+                self._line(line)
+        if self._overflow and not out:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        return out
+
+    def _lines(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes, holding back the unfinished last one."""
         if self._overflow:
             raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
         if not chunk:
@@ -117,22 +178,7 @@ class SSEDecoder:
             tail = lines.pop()
             if tail:
                 self._hold(tail)
-        events: list[ServerSentEvent] = []
-        data = self._data
-        for line in lines:
-            # The hot path: "data: {...}" lines and the blank lines that end events,
-            # handled here without a call per line; everything else goes to _line.
-            if not line:
-                event = self._dispatch()
-                if event is not None:
-                    events.append(event)
-            elif line.startswith(b"data:"):
-                data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
-            else:
-                self._line(line)
-        if self._overflow and not events:
-            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
-        return events
+        return lines
 
     def _hold(self, tail: bytes) -> None:
         """Keep the unfinished last line of a chunk until its terminator arrives."""
@@ -145,24 +191,52 @@ class SSEDecoder:
         """Signal the end of the body. An unterminated last line is still a line,
         but an event not closed by a blank line is discarded (per the spec)."""
         events: list[ServerSentEvent] = []
-        if self._overflow:
-            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
-        if self._held:
-            tail = b"".join(self._held)
-            self._held = []
-            self._held_len = 0
+        tail = self._tail()
+        if tail is not None:
             event = self._line(tail)
             if event is not None:
                 events.append(event)
+        self._reset()
+        return events
+
+    def end_data(self) -> list[str]:
+        """:meth:`end`, returning only the ``data`` of the event it completed (if any)."""
+        tail = self._tail()
+        event = self._line(tail) if tail is not None else None
+        self._reset()
+        return [event.data] if event is not None else []
+
+    def _tail(self) -> bytes | None:
+        if self._overflow:
+            raise SSELineTooLongError(f"SSE line longer than {self._max_line} bytes")
+        if not self._held:
+            return None
+        tail = b"".join(self._held)
+        self._held = []
+        self._held_len = 0
+        return tail
+
+    def _reset(self) -> None:
         self._data.clear()
         self._event = ""
         self._retry = None
-        return events
 
     @property
     def pending(self) -> bool:
         """True while bytes of an unfinished line or event are held."""
         return bool(self._held or self._data or self._event)
+
+    @property
+    def idle(self) -> bool:
+        """True when the decoder holds nothing at all (no bytes, fields or id of an event to come).
+
+        Then a chunk that is exactly ``data: ...`` and a blank line decodes to
+        its data alone, with no state to read or update: a reader may decode
+        such a chunk itself while this stays true.
+        """
+        return self._id is None and not (
+            self._held or self._data or self._skip_lf or self._overflow or self._event or self._retry is not None
+        )
 
     def _line(self, line: bytes) -> ServerSentEvent | None:
         if not line:

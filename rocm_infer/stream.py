@@ -175,11 +175,42 @@ class TokenStream:
                 error, self._unraised = self._unraised, None
                 raise error
             raise StopAsyncIteration
-        await self._fill()
-        if not self._buffer:
+        events = self._events if self._events is not None else await self._open_events()
+        buffer = self._buffer = []
+        self._pos = 0
+        adapter = self._adapter
+        while not buffer and self.finish_reason is None:
+            # Each wait is on the network read itself (EventStream.more), with no coroutine
+            # between it and this one: one wake-up per read, and the read's events at once.
+            try:
+                batch = events.take()
+                while batch is None:
+                    await events.more()
+                    batch = events.take()
+            except asyncio.CancelledError:
+                self._finish("cancelled")
+                raise
+            except RocmInferError as exc:
+                error = await self._failed(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            if not batch:
+                await self._end()
+                break
+            adapter.feed(batch, buffer)
+            if adapter.ended:
+                events.close()  # the SDK decided (a stop token): llama-server stops generating too
+                await self._end()
+        if not buffer:
+            if self._unraised is not None:  # ended from outside while waiting (its model closed)
+                error, self._unraised = self._unraised, None
+                raise error
             raise StopAsyncIteration
+        if self._first is None:
+            self._first = time.perf_counter()
         self._pos = 1
-        return self._buffer[0]
+        return buffer[0]
 
     async def _open_events(self) -> EventStream:
         self._started = time.perf_counter()
@@ -194,36 +225,15 @@ class TokenStream:
         self._events = self._open(client)
         return self._events
 
-    async def _fill(self) -> None:
-        self._buffer = []
-        self._pos = 0
-        events = self._events if self._events is not None else await self._open_events()
-        adapter = self._adapter
-        while not self._buffer and self.finish_reason is None:
-            try:
-                batch = await events.read_batch()
-            except asyncio.CancelledError:
-                self._finish("cancelled")
-                raise
-            except RocmInferError as exc:
-                if self._unraised is not None:
-                    # The model was closed under this stream: say so, not "connection lost".
-                    error, self._unraised = self._unraised, None
-                    raise error from exc
-                error = await self._supervisor.translate(exc)
-                self._finish("error", error)
-                if error is exc:
-                    raise
-                raise error from exc
-            if not batch:
-                await self._end()
-                break
-            adapter.feed(batch, self._buffer)
-            if adapter.ended:
-                events.close()  # the SDK decided (a stop token): llama-server stops generating too
-                await self._end()
-        if self._buffer and self._first is None:
-            self._first = time.perf_counter()
+    async def _failed(self, exc: RocmInferError) -> BaseException:
+        """What reading the events raised means, to raise in its place (the stream is finished)."""
+        if self._unraised is not None:
+            # The model was closed under this stream: say so, not "connection lost".
+            error, self._unraised = self._unraised, None
+            return error
+        translated = await self._supervisor.translate(exc)
+        self._finish("error", translated)
+        return translated
 
     async def _end(self) -> None:
         """The stream is complete: let the adapter settle what it holds, then finish."""

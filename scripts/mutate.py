@@ -82,15 +82,23 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     # -- streams: closing ------------------------------------------------------------------------
     Mutation(
-        "event-stream-close-keeps-response",
+        "event-stream-close-keeps-connection",
         "rocm_infer/client.py",
-        "        self._closed = True\n        response, self._response = self._response, None\n",
-        "        self._closed = True\n        response = None\n",
+        "        protocol, self._protocol = self._protocol, None\n",
+        "        protocol = None\n",
         (
             "tests/test_client.py::test_aclose_closes_the_connection",
             "tests/test_model.py::test_aclose_mid_stream_frees_the_slot",
         ),
-        "EventStream.close() marks the stream closed but leaves its HTTP response open",
+        "EventStream.close() marks the stream closed but leaves its own connection open",
+    ),
+    Mutation(
+        "event-stream-close-keeps-aiohttp-response",
+        "rocm_infer/client.py",
+        "        response, self._response = self._response, None\n        if response is not None:\n",
+        "        response = None\n        if response is not None:\n",
+        ("tests/test_client.py::test_aclose_closes_the_connection",),
+        "EventStream.close() leaves a stream's aiohttp response open (a caller's session)",
     ),
     Mutation(
         "token-stream-finish-closes-only-on-error",
@@ -129,8 +137,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "eof-taken-for-the-end",
         "rocm_infer/client.py",
-        "        if self._done:\n            # Nothing follows the terminator",
-        "        if self._done or not chunk:\n            # Nothing follows the terminator",
+        "        if self.ended and not self.done and self.error is None:\n",
+        "        if False:\n",
         ("tests/test_client.py::test_stream_ending_before_terminator",),
         "a body that ends before [DONE] / stop is taken for a complete stream",
     ),
@@ -157,10 +165,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "pings-do-not-keep-a-stream-alive",
         "rocm_infer/client.py",
-        "        if self._watchdog is not None:\n            self._last_read = self._clock()",
-        "        if self._watchdog is None:\n            self._last_read = self._clock()",
+        "    def data_received(self, data: bytes) -> None:\n        self.last_read = monotonic()\n",
+        "    def data_received(self, data: bytes) -> None:\n",
         ("tests/test_client.py::test_pings_keep_an_idle_stream_alive",),
-        "reads stop re-arming the idle timer: a stream that keeps sending pings is cut",
+        "the idle watchdog does not see reads on a stream's own connection: a stream that keeps sending pings is cut",
+    ),
+    Mutation(
+        "pings-do-not-keep-an-aiohttp-stream-alive",
+        "rocm_infer/client.py",
+        "        if self._watched:\n            self._last_read = monotonic()",
+        "        if not self._watched:\n            self._last_read = monotonic()",
+        ("tests/test_client.py::test_pings_keep_an_idle_stream_alive",),
+        "reads through aiohttp are not seen by the idle watchdog: a stream that keeps sending pings is cut",
+    ),
+    Mutation(
+        "watchdog-holds-the-stream",
+        "rocm_infer/client.py",
+        "                        if self._idle_for(ref, now) < timeout:\n",
+        "                        held = ref()\n                        if self._idle_for(ref, now) < timeout:\n",
+        ("tests/test_client.py::test_a_watched_stream_dropped_unfinished_is_collected",),
+        "the idle watchdog's thread holds a stream between its looks: a stream dropped unfinished is never collected",
     ),
     Mutation(
         "idle-watchdog-never-wakes-the-reader",
@@ -295,7 +319,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stop-now-leaves-the-pid-tracked",
         "rocm_infer/process.py",
-        "        reaper.untrack(self._process.pid)  # gone: the exit hook must never signal this pid (it may be reused)\n",
+        (
+            "        reaper.untrack(self._process.pid)"
+            "  # gone: the exit hook must never signal this pid (it may be reused)\n"
+        ),
         "",
         (
             "tests/test_mutation_gaps.py::test_a_model_closed_from_another_loop_is_never_signalled_at_exit",

@@ -15,6 +15,7 @@ import functools
 import gc
 import json
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -184,13 +185,36 @@ async def fake() -> AsyncIterator[FakeServer]:
         await server.close()
 
 
-@pytest.fixture
-async def client(fake: FakeServer) -> AsyncIterator[LlamaServerClient]:
-    c = LlamaServerClient(fake.url)
+MakeClient = Callable[..., LlamaServerClient]
+
+
+@pytest.fixture(params=["own connections", "caller's aiohttp session"])
+async def make_client(fake: FakeServer, request: pytest.FixtureRequest) -> AsyncIterator[MakeClient]:
+    """Makes clients of the fake server, once per route a stream can take: connections of its
+    own (a client that made its session, to an IP address), and a caller's aiohttp session."""
+    made: list[tuple[LlamaServerClient, aiohttp.ClientSession | None]] = []
+
+    def make(**kwargs: Any) -> LlamaServerClient:
+        session = None
+        if request.param == "caller's aiohttp session":
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        c = LlamaServerClient(fake.url, session=session, **kwargs)
+        assert (c._direct is None) == (session is not None)
+        made.append((c, session))
+        return c
+
     try:
-        yield c
+        yield make
     finally:
-        await c.aclose()
+        for c, session in made:
+            await c.aclose()
+            if session is not None:
+                await session.close()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> LlamaServerClient:
+    return make_client()
 
 
 @pytest.fixture
@@ -760,9 +784,9 @@ async def test_http_error_opening_a_stream(fake: FakeServer, client: LlamaServer
     assert [e async for e in stream] == []
 
 
-async def test_idle_timeout(fake: FakeServer) -> None:
+async def test_idle_timeout(fake: FakeServer, make_client: MakeClient) -> None:
     fake.reply_stream([token(0)], then="hang")
-    async with LlamaServerClient(fake.url, idle_timeout=0.3) as client:
+    async with make_client(idle_timeout=0.3) as client:
         stream = client.stream_completion({})
         got: list[dict[str, Any]] = []
         with pytest.raises(APITimeoutError) as info:
@@ -773,11 +797,11 @@ async def test_idle_timeout(fake: FakeServer) -> None:
     await fake.wait_disconnected()
 
 
-async def test_pings_keep_an_idle_stream_alive(fake: FakeServer) -> None:
+async def test_pings_keep_an_idle_stream_alive(fake: FakeServer, make_client: MakeClient) -> None:
     chunks = [token(0)] + [b": ping\n\n"] * 6 + [STOP]
     # 8 gaps of 0.1 s: the whole stream outlasts the idle timeout (the watchdog must re-arm); no gap does.
     fake.reply_stream(chunks, delay=0.1)
-    async with LlamaServerClient(fake.url, idle_timeout=0.35) as client:
+    async with make_client(idle_timeout=0.35) as client:
         events = [e async for e in client.stream_completion({})]
     assert len(events) == 2
 
@@ -874,6 +898,21 @@ async def test_dropping_an_unfinished_stream_closes_it(fake: FakeServer, client:
     del stream
     gc.collect()
     await fake.wait_disconnected()
+
+
+async def test_a_watched_stream_dropped_unfinished_is_collected(fake: FakeServer, make_client: MakeClient) -> None:
+    # The idle watchdog looks at the stream several times while it is open; it must hold it
+    # only weakly even while it sleeps, or the dropped stream would live (and generate) on.
+    fake.reply_stream(forever(), delay=0.02)
+    async with make_client(idle_timeout=0.2) as client:
+        stream = client.stream_completion({})
+        await read_two(stream)
+        await asyncio.sleep(0.2)  # about four looks of the watchdog's
+        ref = weakref.ref(stream)
+        del stream
+        gc.collect()
+        assert ref() is None, "something still holds the dropped stream"
+        await fake.wait_disconnected()
 
 
 async def test_stream_never_opened_sends_nothing(fake: FakeServer, client: LlamaServerClient) -> None:

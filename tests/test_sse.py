@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from rocm_infer.client import _Events
 from rocm_infer.sse import ServerSentEvent, SSEDecoder, SSELineTooLongError
 
 
@@ -281,3 +282,59 @@ def test_a_long_line_in_many_pieces_is_joined_once() -> None:
     assert decoder.pending
     (event,) = decoder.feed(b"\n\n")
     assert event.data == "y" * 4096 * 64
+
+
+def decode_data(chunks: Iterable[bytes]) -> list[str]:
+    """Like :func:`decode`, through the data-only path (``feed_data``/``end_data``)."""
+    decoder = SSEDecoder()
+    datas: list[str] = []
+    for chunk in chunks:
+        datas.extend(decoder.feed_data(chunk))
+    datas.extend(decoder.end_data())
+    assert not decoder.pending
+    return datas
+
+
+@pytest.mark.parametrize(("raw", "expected"), [pytest.param(raw, exp, id=name) for name, raw, exp in CASES])
+def test_the_data_only_path_gives_the_same_data(raw: bytes, expected: list[ServerSentEvent]) -> None:
+    want = [event.data for event in expected]
+    assert decode_data([raw]) == want
+    assert decode_data(raw[i : i + 1] for i in range(len(raw))) == want
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            assert decode_data([raw[:i], raw[i:j], raw[j:]]) == want, f"split at {i}, {j}"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [pytest.param(raw, exp, id=name) for name, raw, exp in CASES])
+def test_a_streams_events_take_the_same_data_as_the_decoder(raw: bytes, expected: list[ServerSentEvent]) -> None:
+    # The stream's own reader decodes a chunk that is one whole "data:" event without the
+    # decoder, but only while the decoder holds nothing: split anywhere, the data must not change.
+    want: list[str] = []
+    for event in expected:
+        if event.data == "[DONE]":
+            break
+        want.append(event.data)
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            events = _Events("http://127.0.0.1:1/v1/chat/completions", "/v1/chat/completions", "done")
+            for chunk in (raw[:i], raw[i:j], raw[j:]):
+                if chunk:
+                    events.feed(chunk)
+            events.feed(b"")
+            assert events.pending == want, f"split at {i}, {j}"
+            assert events.done == (len(want) < len(expected))
+
+
+def test_the_decoder_is_idle_only_when_it_holds_nothing() -> None:
+    decoder = SSEDecoder()
+    assert decoder.idle
+    for partial in (b"data: a", b"data: a\n", b"event: x\n", b"retry: 5\n", b"data: a\r"):
+        decoder = SSEDecoder()
+        decoder.feed_data(partial)
+        assert not decoder.idle, partial
+    decoder = SSEDecoder()
+    decoder.feed_data(b"id: 1\n\n")
+    assert not decoder.idle  # an id lasts for the events after it
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: a\n\n") == ["a"]
+    assert decoder.idle

@@ -3,7 +3,10 @@
 Its streamed events carry the sampled token id with each piece of text
 (``tokens``), so every :class:`~rocm_infer.types.Token` has its real id, and
 its last event (``"stop": true``) carries the server's ``timings``, the
-prompt's size and why it stopped.
+prompt's size and why it stopped. Only the fields the SDK reads are asked
+for in that last event (``response_fields``): by default llama-server adds
+every sampling setting and the whole prompt to it, which would cost more to
+decode than the rest of a short generation.
 
 Two special cases live here and nowhere else:
 
@@ -28,6 +31,20 @@ from .base import Detokenize, EventAdapter, logprobs_of, sampling_body
 
 __all__ = ["CompletionAdapter", "completion_body"]
 
+# What the SDK reads of the final event (see the module docs); extra_body may ask for others.
+FINAL_FIELDS = (
+    "content",
+    "tokens",
+    "stop",
+    "stop_type",
+    "stopping_word",
+    "tokens_evaluated",
+    "tokens_predicted",
+    "truncated",
+    "timings",
+    "completion_probabilities",
+)
+
 
 def completion_body(
     prompt: str, config: GenerateConfig, *, schema: OutputSchema | None = None, grammar: str | None = None
@@ -36,6 +53,7 @@ def completion_body(
     ``schema`` or a GBNF ``grammar`` (the native endpoint's ``json_schema`` and ``grammar``)."""
     body = sampling_body(config, chat=False)
     body["prompt"] = prompt
+    body.setdefault("response_fields", list(FINAL_FIELDS))
     if schema is not None:
         body["json_schema"] = schema.schema
     if grammar is not None:
