@@ -539,6 +539,8 @@ def make_scripted_model(
     seed: int = 0,
     noise: float = 0.0,
     name: str = "rocm-infer-scripted",
+    n_layer: int = 1,
+    n_ff: int = _N_FF,
 ) -> pathlib.Path:
     """Write the scripted GGUF to ``path`` and return it as a :class:`pathlib.Path`.
 
@@ -548,9 +550,18 @@ def make_scripted_model(
     give the same bytes.  The file is written under a temporary name next to ``path`` and renamed
     into place.
 
-    Raises ValueError for a script that cannot be cut into tokens of its own, a bad script name or
-    a negative ``noise``; TypeError for a value of the wrong type.
+    ``n_layer`` and ``n_ff`` size the transformer layers, whose outputs are all zero: more or
+    wider layers make the model costlier to run (weight-bound, for speculative decoding with the
+    one-layer model as its draft) without changing a token it says.
+
+    Raises ValueError for a script that cannot be cut into tokens of its own, a bad script name,
+    a negative ``noise`` or a size below 1; TypeError for a value of the wrong type.
     """
+    for size_name, size in (("n_layer", n_layer), ("n_ff", n_ff)):
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"{size_name} must be an int, not {type(size).__name__}")
+        if size < 1:
+            raise ValueError(f"{size_name} must be >= 1, not {size}")
     if not isinstance(noise, int | float) or isinstance(noise, bool):
         raise TypeError(f"noise must be a number, not {type(noise).__name__}")
     if not noise >= 0:
@@ -561,7 +572,6 @@ def make_scripted_model(
     vocab = _build_vocab(scripts)
     n_vocab = len(vocab.tokens)
     n_embd = -(-n_vocab // _HEAD_DIM) * _HEAD_DIM
-    n_layer = 1
     logits = _logits(vocab, np.random.default_rng(seed), float(noise))
 
     writer = gguf.GGUFWriter(None, "llama")
@@ -570,7 +580,7 @@ def make_scripted_model(
     writer.add_context_length(_CONTEXT_LENGTH)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(_N_FF)
+    writer.add_feed_forward_length(n_ff)
     writer.add_head_count(n_embd // _HEAD_DIM)
     writer.add_head_count_kv(n_embd // _HEAD_DIM)
     writer.add_rope_dimension_count(_HEAD_DIM)
@@ -592,7 +602,7 @@ def make_scripted_model(
     writer.add_add_space_prefix(False)
     writer.add_chat_template(template)
 
-    for tensor_name, array in _tensors(logits, n_embd=n_embd, n_layer=n_layer, n_ff=_N_FF):
+    for tensor_name, array in _tensors(logits, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff):
         # output.weight stays F32 so successor and noise logits keep their order exactly; the rest
         # is zeros and ones, exact in F16.  1-D norm weights must be F32 for llama.cpp.
         keep = array.ndim == 1 or tensor_name == "output.weight"

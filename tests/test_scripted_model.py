@@ -207,6 +207,10 @@ def test_bad_scripts_are_refused(tmp_path: Path) -> None:
         make_scripted_model(tmp_path / "m.gguf", noise=-1.0)
     with pytest.raises(ValueError, match="text or a loop"):
         Script("")
+    with pytest.raises(ValueError, match="n_layer"):
+        make_scripted_model(tmp_path / "m.gguf", n_layer=0)
+    with pytest.raises(TypeError, match="n_ff"):
+        make_scripted_model(tmp_path / "m.gguf", n_ff=64.0)  # type: ignore[arg-type]
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -256,6 +260,22 @@ async def test_each_script_comes_out_exactly_streamed_and_not(model: rocm_infer.
     assert deltas > 1  # really streamed, piece by piece
     if name != "default":  # the default script is what a prompt that names no script gets
         assert (await _chat(model, _body(f"{name} ")))[0] == (await _chat(model, _body("hello")))[0]
+
+
+@pytest.mark.integration
+async def test_more_and_wider_layers_say_the_same(model_path: Path, tmp_path: Path) -> None:
+    # The layers' outputs are zero: a bigger model (a weight-bound target, with the one-layer
+    # model as its draft) says exactly what the small one says, and is a bigger file.
+    big = make_scripted_model(tmp_path / "big.gguf", scripts=SCRIPTS, noise=GRAMMAR_NOISE, n_layer=3, n_ff=512)
+    assert big.stat().st_size > model_path.stat().st_size + 3 * 3 * 512 * 64
+    said = []
+    for path in (model_path, big):
+        async with rocm_infer.load_model(path, context_len=2048, threads=1) as loaded:
+            reply, _ = await _chat(loaded, _body("answer"))
+            text = (await loaded.generate("Hi", max_tokens=24, ignore_eos=True, temperature=0.0)).text
+            said.append((reply.content, text))
+    assert said[0] == said[1]
+    assert said[0][0] == EXPECTED["answer"][0] and said[0][1]
 
 
 @module_loop
