@@ -1096,19 +1096,8 @@ class _Response(asyncio.Protocol):
                 except ValueError:
                     size = 0
                 end = line_end + 2 + size
-                if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n" and self._error_body is None:
-                    events = self.events
-                    events.feed(data[line_end + 2 : end])
-                    if events.pending or events.done or events.error is not None:
-                        if events.done or events.error is not None:
-                            self.close()  # nothing more is wanted: llama-server stops generating
-                        elif len(events.pending) >= _HIGH_WATER:
-                            self._pause()
-                        waiter = self._waiter
-                        if waiter is not None:
-                            self._waiter = None
-                            if not waiter.done():
-                                waiter.set_result(None)
+                if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n":
+                    self._body(data[line_end + 2 : end])
                     return
         self._parse(data)
 

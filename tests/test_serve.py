@@ -70,6 +70,27 @@ async def test_chat_across_two_models_streamed_and_not_loads_on_demand(served: t
     assert {m.name for m in pool.loaded()} == {"tools", "words"}
 
 
+async def test_ignore_eos_in_extra_body_reaches_llama_server(served: tuple[str, ModelPool]) -> None:
+    # The scripted model says "Hi there." and ends its turn; with ignore_eos it must go on to max_tokens.
+    url, _ = served
+    messages: Any = [{"role": "user", "content": "plain"}]
+    async with client(url) as c:
+        ended = await c.chat.completions.create(model="tools", messages=messages, max_tokens=16)
+        forced = await c.chat.completions.create(
+            model="tools", messages=messages, max_tokens=16, extra_body={"ignore_eos": True}
+        )
+        text_ended = await c.completions.create(model="tools", prompt="plain", max_tokens=16, stream=False)
+        text = await c.completions.create(
+            model="tools", prompt="plain", max_tokens=16, extra_body={"ignore_eos": True}, stream=False
+        )
+    assert ended.usage is not None and ended.usage.completion_tokens < 16
+    assert ended.choices[0].finish_reason == "stop"
+    assert forced.usage is not None and forced.usage.completion_tokens == 16
+    assert forced.choices[0].finish_reason == "length"
+    assert text_ended.usage is not None and text_ended.usage.completion_tokens < 16
+    assert text.usage is not None and text.usage.completion_tokens == 16
+
+
 async def test_text_completions_and_embeddings(served: tuple[str, ModelPool]) -> None:
     url, pool = served
     async with client(url) as c:

@@ -160,9 +160,12 @@ class ChatRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    ignore_eos: bool = False  # llama.cpp's extension (extra_body), as llama-server takes it
 
     def config(self) -> GenerateConfig:
         options: dict[str, Any] = {"max_tokens": self.max_completion_tokens or self.max_tokens}
+        if self.ignore_eos:
+            options["ignore_eos"] = True
         if self.temperature is not None:
             options["temperature"] = self.temperature
         if self.top_p is not None:
@@ -219,6 +222,7 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
     echo: bool = False
+    ignore_eos: bool = False  # llama.cpp's extension (extra_body), as llama-server takes it
 
     def start(self, model: TextModel | Router) -> TokenStream:
         """The generation this request asks for; ValueError before any request for what it cannot do."""
@@ -229,7 +233,7 @@ class CompletionRequest(BaseModel):
             prompt = prompt[0]
         if self.echo:
             raise ValueError("echo is not supported")
-        options: dict[str, Any] = {"max_tokens": self.max_tokens}
+        options: dict[str, Any] = {"max_tokens": self.max_tokens, "ignore_eos": self.ignore_eos}
         for key in ("temperature", "top_p", "seed"):
             if getattr(self, key) is not None:
                 options[key] = getattr(self, key)
