@@ -1,6 +1,6 @@
 """rocm_infer against its anchors: llama-server's own figures, AsyncOpenAI, httpx-sse, a plain aiohttp loop.
 
-    python benchmarks/bench.py [--model MODEL.gguf] [--out DIR] [--smoke]
+    python benchmarks/bench.py [--model MODEL.gguf] [--out DIR] [--smoke] [--only NAME,...]
     python benchmarks/bench.py --profile CLIENT SOURCE
 
 ``make bench`` runs it with ``--out docs``: it writes ``DIR/benchmarks.md`` (the
@@ -26,6 +26,16 @@ and each figure is the median of the rounds.
 7. ``batch_generate`` / ``classify`` of 16 prompts versus one at a time.
 8. Memory per open stream (a thousand held open on the synthetic source) and
    ``import rocm_infer`` time.
+9. Chat streaming: ``chat`` against AsyncOpenAI and a plain aiohttp loop on
+   ``/v1/chat/completions``, tokens/s paired per round, and client CPU per token.
+10. Client CPU per request and per token against the real server (``generate``,
+    ``chat``, the plain loop, AsyncOpenAI), and one event loop's ceiling: many
+    streams at once from the synthetic source.
+11. Embeddings: texts/s through ``embed``, AsyncOpenAI and a plain loop, on a
+    tiny BERT served by ``load_embedding_model``.
+12. and on: the other benchmark scripts' figures (``extra_rows.py``).
+
+``--only NAME,...`` runs some measurements alone (names as printed while it runs).
 """
 
 from __future__ import annotations
@@ -51,8 +61,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import embeddings_bench
 from _model import demo_model
-from contenders import Contenders, Run
+from contenders import PROMPT, Contenders, Run, Stream
 
 import rocm_infer
 from rocm_infer.backend import server_args
@@ -64,7 +75,6 @@ SLOTS = 4
 # One compute thread: on a small machine, two spinning threads stall each other whenever the
 # client (or anything else) takes a core, and the tiny model gains nothing from a second one.
 THREADS = 1
-PROMPT = "the quick brown fox"
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,14 @@ class Plan:
     cancel_rounds: int = 10
     held_streams: int = 1000
     import_rounds: int = 7
+    chat_lengths: tuple[int, ...] = (64, 512, 4000)
+    cpu_requests: int = 200  # sequential 1-token requests per contender per round (measurement 10)
+    cpu_stream_tokens: int = 512  # ... and the streams whose extra CPU over a 1-token request is per token
+    cpu_long_streams: int = 2
+    ceiling_streams: int = 64
+    ceiling_tokens: int = 512
+    embed_texts: int = 1000
+    embed_words: int = 30  # words per text: with [CLS] and [SEP], about 32 tokens
 
 
 SMOKE = Plan(
@@ -106,6 +124,13 @@ SMOKE = Plan(
     cancel_rounds=1,
     held_streams=20,
     import_rounds=1,
+    chat_lengths=(8, 16),
+    cpu_requests=5,
+    cpu_stream_tokens=16,
+    cpu_long_streams=1,
+    ceiling_streams=4,
+    ceiling_tokens=16,
+    embed_texts=40,
 )
 
 
@@ -213,6 +238,7 @@ async def record(url: str, tokens: int) -> dict[str, Any]:
             "ignore_eos": True,
             "stream": True,
         },
+        "/v1/chat/completions": {"model": "tiny", **Contenders.chat_body(PROMPT, tokens)},
     }
     skip = {"transfer-encoding", "connection", "keep-alive", "content-length"}
     recording: dict[str, Any] = {"json": {}, "streams": {}}
@@ -226,8 +252,24 @@ async def record(url: str, tokens: int) -> dict[str, Any]:
                 raw = await response.read()
                 headers = [(k, v) for k, v in response.headers.items() if k.lower() not in skip]
             events = [part.decode() + "\n\n" for part in raw.split(b"\n\n") if part.strip()]
-            recording["streams"][path] = {"headers": headers, "events": events}
+            carries = [_carries_token(event) for event in events]
+            if sum(carries) != tokens:
+                raise RuntimeError(f"llama-server sent {sum(carries)} tokens of {tokens} on {path}")
+            lead, tail = carries.index(True), carries[::-1].index(True)
+            recording["streams"][path] = {"headers": headers, "events": events, "lead": lead, "tail": tail}
     return recording
+
+
+def _carries_token(event: str) -> bool:
+    """Whether one recorded SSE event is a token's (native, completions or chat format)."""
+    data = event.removeprefix("data: ").strip()
+    if data == "[DONE]":
+        return False
+    payload = json.loads(data)
+    if "content" in payload:
+        return bool(payload["content"])
+    choices = payload.get("choices") or [{}]
+    return bool(choices[0].get("text") or (choices[0].get("delta") or {}).get("content"))
 
 
 @contextlib.asynccontextmanager
@@ -325,27 +367,34 @@ async def throughput(contenders: Contenders, plan: Plan, results: Results) -> No
 # -- 2: client CPU per token on the synthetic source ------------------------------------------------------
 
 
-async def cpu_per_token(source_url: str, plan: Plan, results: Results) -> None:
-    names = Contenders.NAMES
-    cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+async def synthetic_cpu(
+    source_url: str, plan: Plan, names: Sequence[str], stream: Callable[[Contenders, str], Stream]
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Client CPU per token of each contender on the synthetic source, per round (us), and the
+    wall time each spent streaming in all: ``stream`` picks the call (completion or chat)."""
     wall: dict[str, float] = dict.fromkeys(names, 0.0)
     per_round: dict[str, list[float]] = {c: [] for c in names}
     async with Contenders(source_url) as contenders:
         for name in names:
-            await contenders.stream(name)(PROMPT, plan.cpu_tokens)
+            await stream(contenders, name)(PROMPT, plan.cpu_tokens)
         for order in rotations(names, plan.rounds):
             for name in order:
                 used = tokens = 0.0
                 for _ in range(plan.cpu_streams):
                     gc.collect()
-                    run = await contenders.stream(name)(PROMPT, plan.cpu_tokens)
+                    run = await stream(contenders, name)(PROMPT, plan.cpu_tokens)
                     if run.tokens != plan.cpu_tokens:
                         raise RuntimeError(f"{name} received {run.tokens} of {plan.cpu_tokens} replayed tokens")
                     used += run.cpu
                     tokens += run.tokens
                     wall[name] += run.last - run.sent
                 per_round[name].append(used / tokens * 1e6)
-                cpu[name] += used
+    return per_round, wall
+
+
+async def cpu_per_token(source_url: str, plan: Plan, results: Results) -> None:
+    names = Contenders.NAMES
+    per_round, wall = await synthetic_cpu(source_url, plan, names, Contenders.stream)
     us = {c: median(per_round[c]) for c in names}
     rates = {c: plan.cpu_tokens * plan.cpu_streams * plan.rounds / wall[c] if wall[c] else 0.0 for c in names}
     compared(
@@ -675,6 +724,211 @@ async def memory(source_url: str, plan: Plan, results: Results) -> None:
     )
 
 
+# -- 9: chat streaming ---------------------------------------------------------------------------------------
+
+
+def paired(runs: dict[str, list[float]], client: str, anchor: str) -> float:
+    """The median over rounds of ``client``'s figure over ``anchor``'s in the same round."""
+    return median([mine / theirs for mine, theirs in zip(runs[client], runs[anchor], strict=True) if theirs])
+
+
+async def chat_streaming(contenders: Contenders, source_url: str, plan: Plan, results: Results) -> None:
+    names = Contenders.CHAT_NAMES
+    runs: dict[tuple[int, str], list[Run]] = {(n, c): [] for n in plan.chat_lengths for c in names}
+    for name in names:  # warm every client's connection set-up and imports
+        await contenders.chat(name)(PROMPT, 8)
+    for order in rotations(names, plan.rounds):
+        for n in plan.chat_lengths:
+            for name in order:
+                run = await contenders.chat(name)(PROMPT, n)
+                if run.tokens != n:
+                    raise RuntimeError(f"{name} received {run.tokens} chat tokens of {n}")
+                runs[n, name].append(run)
+    for n in plan.chat_lengths:
+        # Each request's rate as the client saw it over llama-server's own for that request: a request's
+        # rate varies by a fifth from one to the next on this machine, far more than any client's cost.
+        kept_up = {c: [r.seen_rate / r.server_rate for r in runs[n, c]] for c in names}
+        for c in names:
+            results.add(
+                "9. Chat streaming",
+                f"{n} tokens, {c}",
+                f"{median([r.seen_rate for r in runs[n, c]]):,.0f} tok/s",
+                f"llama-server {median([r.server_rate for r in runs[n, c]]):,.0f} tok/s",
+                f"{median(kept_up[c]):.3f}",
+            )
+        versus = paired(kept_up, "rocm_infer", "aiohttp")
+        results.add(
+            "9. Chat streaming",
+            f"{n} tokens, rocm_infer / aiohttp (paired per round)",
+            f"{median(kept_up['rocm_infer']):.3f}",
+            f"aiohttp {median(kept_up['aiohttp']):.3f}",
+            f"{versus:.3f}",
+            ">= 0.99",
+            versus >= 0.99,
+        )
+        results.add(
+            "9. Chat streaming",
+            f"{n} tokens, rocm_infer / aiohttp tokens/s as seen (paired per round; the server's noise included)",
+            f"{paired({c: [r.seen_rate for r in runs[n, c]] for c in names}, 'rocm_infer', 'aiohttp'):.3f}",
+        )
+    n = plan.chat_lengths[-1]
+    compared(
+        results,
+        "9. Chat streaming",
+        lambda c: f"client CPU per token, {c} (llama-server, {n} tokens)",
+        {c: median([r.cpu / r.tokens * 1e6 for r in runs[n, c]]) for c in names},
+        "openai",
+        lambda us: f"{us:.1f} us",
+    )
+    # The client's own cost, on the synthetic source replaying this server's chat stream.
+    per_round, _ = await synthetic_cpu(source_url, plan, names, Contenders.chat)
+    us = {c: median(per_round[c]) for c in names}
+    versus = paired(per_round, "rocm_infer", "openai")
+    for c in names:
+        results.add(
+            "9. Chat streaming",
+            f"client CPU per token, {c} (synthetic source)",
+            f"{us[c]:.1f} us",
+            "" if c == "openai" else f"openai {us['openai']:.1f} us",
+            "" if c == "openai" else f"{paired(per_round, c, 'openai'):.3f}",
+            "<= 0.333" if c == "rocm_infer" else "",
+            versus <= 1 / 3 if c == "rocm_infer" else None,
+        )
+
+
+# -- 10: client CPU per request and per token, and one event loop's ceiling -----------------------------------
+
+# Each rocm_infer contender and the plain aiohttp loop on the same endpoint, its anchor.
+BARE_ANCHORS = {
+    "rocm_infer generate": "aiohttp /completion",
+    "rocm_infer chat": "aiohttp /v1/chat/completions",
+    "openai completions": "aiohttp /completion",
+    "openai chat": "aiohttp /v1/chat/completions",
+}
+
+
+async def client_cpu(contenders: Contenders, source_url: str, plan: Plan, results: Results) -> None:
+    names = Contenders.BARE_NAMES
+    per_request: dict[str, list[float]] = {c: [] for c in names}
+    per_token: dict[str, list[float]] = {c: [] for c in names}
+    for name in names:
+        for _ in range(5):
+            await contenders.bare(name)(1)
+        await contenders.bare(name)(plan.cpu_stream_tokens)
+    for order in rotations(names, plan.rounds):
+        for name in order:
+            call = contenders.bare(name)
+            gc.collect()
+            began = time.process_time()
+            for _ in range(plan.cpu_requests):
+                await call(1)
+            one = (time.process_time() - began) / plan.cpu_requests
+            gc.collect()
+            began = time.process_time()
+            for _ in range(plan.cpu_long_streams):
+                await call(plan.cpu_stream_tokens)
+            long = (time.process_time() - began) / plan.cpu_long_streams
+            per_request[name].append(one * 1e6)
+            per_token[name].append((long - one) / (plan.cpu_stream_tokens - 1) * 1e6)
+    for what, figures, unit in (
+        (f"per request ({plan.cpu_requests} sequential 1-token requests)", per_request, "us"),
+        (f"per token ({plan.cpu_stream_tokens}-token streams, less a 1-token request)", per_token, "us"),
+    ):
+        for name in names:
+            anchor = BARE_ANCHORS.get(name)
+            ratio = paired(figures, name, anchor) if anchor else None
+            mine = name.startswith("rocm_infer") and ratio is not None
+            results.add(
+                "10. Client CPU",
+                f"{what}, {name}",
+                f"{median(figures[name]):.1f} {unit}",
+                f"{anchor} {median(figures[anchor]):.1f} {unit}" if anchor else "",
+                "" if ratio is None else f"{ratio:.3f}",
+                "<= 1.00" if mine else "",
+                ratio <= 1.0 if mine and ratio is not None else None,
+            )
+    results.plots["client_cpu"] = (
+        {c: median(per_request[c]) for c in names},
+        {c: median(per_token[c]) for c in names},
+    )
+    # The ceiling of one event loop: many streams at once from a source that costs this process nothing.
+    ceiling: dict[str, list[float]] = {c: [] for c in names}
+    async with Contenders(source_url) as synthetic:
+        for name in names:
+            await synthetic.bare(name)(8)
+        for order in rotations(names, plan.rounds):
+            for name in order:
+                call = synthetic.bare(name)
+                gc.collect()
+                began = time.perf_counter()
+                await asyncio.gather(*(call(plan.ceiling_tokens) for _ in range(plan.ceiling_streams)))
+                ceiling[name].append(plan.ceiling_streams * plan.ceiling_tokens / (time.perf_counter() - began))
+    for name in names:
+        anchor = BARE_ANCHORS.get(name)
+        results.add(
+            "10. Client CPU",
+            f"one event loop's ceiling, {plan.ceiling_streams} streams of {plan.ceiling_tokens} tokens "
+            f"(synthetic source), {name}",
+            f"{median(ceiling[name]):,.0f} tok/s",
+            f"{anchor} {median(ceiling[anchor]):,.0f} tok/s" if anchor else "",
+            f"{paired(ceiling, name, anchor):.3f}" if anchor else "",
+        )
+
+
+# -- 11: embeddings ----------------------------------------------------------------------------------------------
+
+
+async def embeddings(plan: Plan, results: Results, workdir: Path) -> None:
+    figures = await embeddings_bench.measure(
+        workdir, count=plan.embed_texts, words=plan.embed_words, rounds=plan.rounds, slots=SLOTS, threads=THREADS
+    )
+    rates = figures.rates
+    names = list(rates)
+    mine = names[0]  # embed at its defaults
+    others = [n for n in names if not n.startswith("rocm_infer")]
+    # The best of the other clients in each round: the goal is paired with it.
+    rates["best other"] = [max(rates[n][r] for n in others) for r in range(len(rates[mine]))]
+    best = max(others, key=lambda n: median(rates[n]))
+    what = f"{plan.embed_texts} texts of {figures.tokens_per_text:.0f} tokens on {figures.slots} slots"
+    for name in names:
+        ratio = paired(rates, name, "best other")
+        results.add(
+            "11. Embeddings",
+            f"{what}, {name}",
+            f"{median(rates[name]):,.0f} texts/s",
+            f"best other ({best}) {median(rates[best]):,.0f} texts/s",
+            f"{ratio:.3f}",
+            ">= 0.97" if name == mine else "",
+            ratio >= 0.97 if name == mine else None,
+        )
+    results.plots["embeddings"] = {name: median(rates[name]) for name in names}
+
+
+# -- 12+: measurements other scripts make ----------------------------------------------------------------------
+
+
+async def extra_scripts(plan: Plan, results: Results, smoke: bool) -> None:
+    """The rows of every script extra_rows.py has an adapter for and that is there, each in a process of its own."""
+    import extra_rows
+
+    for name in extra_rows.ADAPTERS:
+        if not (HERE / f"{name}.py").exists():
+            results.notes.append(f"benchmarks/{name}.py is not there: it adds no rows.")
+            continue
+        args = [sys.executable, str(HERE / "extra_rows.py"), name, *(["--smoke"] if smoke else [])]
+        began = time.monotonic()
+        process = await asyncio.create_subprocess_exec(*args, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await process.communicate()
+        lines = out.decode().strip().splitlines()
+        if process.returncode != 0 or not lines:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            results.notes.append(f"benchmarks/{name}.py failed (exit {process.returncode}): {tail[0]}")
+            continue
+        for row in json.loads(lines[-1]):
+            results.add(**{f.name: row[f.name] for f in dataclasses.fields(Row) if f.name in row})
+        print(f"  {name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
+
+
 # -- the report -----------------------------------------------------------------------------------------------
 
 
@@ -757,6 +1011,29 @@ def plots(results: Results, img: Path) -> list[str]:
         ax.set_title("Client CPU per token")
         ax.legend()
         save(fig, "cpu_per_token.png")
+
+    if "client_cpu" in results.plots:
+        per_request, per_token = results.plots["client_cpu"]
+        names = list(per_request)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, figures, title in ((left, per_request, "per 1-token request"), (right, per_token, "per token")):
+            ax.barh(range(len(names)), [figures[c] for c in names])
+            ax.set_yticks(range(len(names)), names)
+            ax.invert_yaxis()
+            ax.set_xlabel("client CPU (µs)")
+            ax.set_title(f"Client CPU {title}")
+        save(fig, "client_cpu.png")
+
+    if "embeddings" in results.plots:
+        rates = results.plots["embeddings"]
+        names = list(rates)
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.barh(range(len(names)), [rates[c] for c in names])
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("texts/s")
+        ax.set_title("Embeddings: the same texts through each client")
+        save(fig, "embeddings.png")
 
     if "concurrency" in results.plots:
         levels, series = results.plots["concurrency"]
@@ -850,6 +1127,39 @@ def report(results: Results, info: dict[str, str], plan: Plan, seconds: float, i
         "8. **Memory**: resident memory growth per stream with that many streams open at once on the",
         "   synthetic source (each past its first token, in a fresh process), against the same number of",
         "   bare aiohttp responses; import time of a module in a fresh interpreter.",
+        "9. **Chat streaming**: measurement 1 for `/v1/chat/completions`: rocm_infer's `chat`,",
+        "   AsyncOpenAI's `chat.completions.create(stream=True)` and a plain aiohttp loop (one",
+        "   `json.loads` per line), every one asking for the `n_probs: 1, post_sampling_probs: true` that",
+        "   `chat` sends for its token ids, so the server does the same work for each. As in measurement 1,",
+        "   each request's tokens/s as seen over llama-server's own for it (a request's rate varies by a",
+        "   fifth from one to the next here); *rocm_infer / aiohttp* pairs those per round (median of",
+        "   the rounds), and the next row pairs the raw tokens/s, noise and all. Client CPU per token as",
+        "   measurement 2: over the longest streams, and on the synthetic source replaying this server's",
+        "   chat stream (the goal's figure, paired with AsyncOpenAI per round).",
+        "10. **Client CPU**: `time.process_time` around the client's work only (llama-server is another",
+        "   process). *Per request*: sequential 1-token requests; *per token*: streams of many tokens",
+        "   against the real server (about one event per read), less a 1-token request's CPU, over the",
+        "   extra tokens. Each rocm_infer call is paired per round with a plain aiohttp loop on the same",
+        "   endpoint (one `ClientSession` with `force_close`, `iter_any()`, no parsing at all), as are the",
+        "   AsyncOpenAI rows. *One event loop's ceiling*: that many streams at once from the synthetic",
+        "   source, every token over the wall time: what one loop can take in when the server costs it",
+        "   nothing.",
+        "11. **Embeddings**: texts/s embedding the same texts (common words, one token each, plus `[CLS]`",
+        "   and `[SEP]`) against one `load_embedding_model` server on a tiny BERT made in the run; the",
+        "   ratio is paired per round with the best of the other clients in that round. `embed` sends",
+        "   requests of `batch_size` texts, one per slot at a time; AsyncOpenAI sends lists of 64 or 256",
+        "   one request after another; the aiohttp loop posts lists of 64 (one per slot at a time) or",
+        "   256 (one at a time), base64 as `embed` asks.",
+        "12. and on: the figures of the other benchmark scripts (`router_overhead.py`, `router_affinity.py`,",
+        "   `ray_handle.py`, `pool_latency.py`, `serve_overhead.py`, `speculative.py`, `logprobs_cost.py`),",
+        "   each run through its own `run()` in a process of its own (`extra_rows.py`) after the rest, with",
+        "   its own server and its own rounds; see each script. *Serve overhead*: a plain aiohttp loop",
+        "   (`json.loads` per event) on `/v1/completions` of `rocm-infer serve`'s app (in a process of",
+        "   its own, as a user runs it) against the same loop straight to its llama-server, paired per",
+        "   round. *Speculative decoding*: llama-server's own decode tokens/s on two weight-bound targets,",
+        "   one with a draft that never agrees (random weights) and one with a draft that always does",
+        "   (the scripted model and its one-layer self). *Logprobs*: tokens/s the client saw with",
+        "   `logprobs` off, 0 and 5, paired per round.",
         "",
     ]
     if images:
@@ -862,10 +1172,12 @@ def report(results: Results, info: dict[str, str], plan: Plan, seconds: float, i
 # -- main ------------------------------------------------------------------------------------------------------
 
 
-async def run(model_path: Path, plan: Plan, notes: list[str]) -> tuple[Results, float]:
+async def run(
+    model_path: Path, plan: Plan, notes: list[str], *, smoke: bool = False, only: Sequence[str] = ()
+) -> tuple[Results, float]:
     began = time.monotonic()
     results = Results(notes=list(notes))
-    context_len = SLOTS * (max(*plan.lengths, plan.cpu_tokens, 64) + 256)
+    context_len = SLOTS * (max(*plan.lengths, *plan.chat_lengths, plan.cpu_tokens, 64) + 256)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         async with llama_server(model_path, context_len, workdir / "llama-server.log") as url:
@@ -875,6 +1187,8 @@ async def run(model_path: Path, plan: Plan, notes: list[str]) -> tuple[Results, 
                 async with Contenders(url) as contenders:
                     steps = [
                         ("throughput", lambda: throughput(contenders, plan, results)),
+                        ("chat streaming", lambda: chat_streaming(contenders, source_url, plan, results)),
+                        ("client cpu", lambda: client_cpu(contenders, source_url, plan, results)),
                         ("cancel", lambda: cancel_latency(contenders, plan, results)),
                         ("concurrency", lambda: concurrency(contenders, plan, results)),
                         ("batch", lambda: batch(contenders, plan, results)),
@@ -882,8 +1196,15 @@ async def run(model_path: Path, plan: Plan, notes: list[str]) -> tuple[Results, 
                         ("memory", lambda: memory(source_url, plan, results)),
                         ("start-up", lambda: startup(model_path, plan, results)),
                         ("batch, weight-bound model", lambda: batch_weight_bound(plan, results, workdir)),
+                        ("embeddings", lambda: embeddings(plan, results, workdir)),
+                        ("other scripts", lambda: extra_scripts(plan, results, smoke)),
                     ]
+                    unknown = set(only) - {name for name, _ in steps}
+                    if unknown:
+                        raise SystemExit(f"--only: no measurement {sorted(unknown)}; they are {[n for n, _ in steps]}")
                     for name, step in steps:
+                        if only and name not in only:
+                            continue
                         step_began = time.monotonic()
                         await step()
                         print(f"{name}: {time.monotonic() - step_began:.1f} s", file=sys.stderr, flush=True)
@@ -920,6 +1241,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's machine section")
     parser.add_argument(
+        "--only", default="", help="comma-separated measurements to run (names as printed), while iterating on one"
+    )
+    parser.add_argument(
         "--profile",
         nargs=2,
         metavar=("CLIENT", "SOURCE"),
@@ -938,7 +1262,8 @@ def main() -> None:
     plan = SMOKE if args.smoke else Plan()
     if args.rounds:
         plan = dataclasses.replace(plan, rounds=args.rounds)
-    results, seconds = asyncio.run(run(args.model or demo_model(), plan, args.note))
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    results, seconds = asyncio.run(run(args.model or demo_model(), plan, args.note, smoke=args.smoke, only=only))
     images = plots(results, args.out / "img")
     text = report(results, machine(), plan, seconds, images)
     args.out.mkdir(parents=True, exist_ok=True)

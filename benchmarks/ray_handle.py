@@ -8,8 +8,10 @@ same model here with the same settings. Each round generates ``--tokens``
 tokens (``ignore_eos``) once directly and once through the handle
 (:class:`~rocm_infer.integrations.ray.LlamaClient`), in alternating order,
 each timed from the call to its last token; the round's figure is the
-handle's tokens/s over the direct one's. Prints every round, then the
-median ratio on the last line.
+handle's tokens/s over the direct one's. The same ratio from the first
+token to the last separates what the stream carries from what a call costs
+once (the handle's route to a replica, the replica's request), shown as the
+time to the first token. Prints every round, then the medians on the last line.
 """
 
 from __future__ import annotations
@@ -38,34 +40,65 @@ WARMUP_ROUNDS = 2
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """One round: tokens/s directly and through the handle, and how many items the handle stream had."""
+    """One round, directly and through the handle: tokens/s from the call to the last token, tokens/s
+    from the first token to the last (what the stream carries), and how many items the handle sent."""
 
     direct: float
     handle: float
     items: int
+    direct_streaming: float = 0.0
+    handle_streaming: float = 0.0
+    direct_first_ms: float = 0.0  # call -> first token
+    handle_first_ms: float = 0.0
 
     @property
     def ratio(self) -> float:
         return self.handle / self.direct
 
+    @property
+    def streaming_ratio(self) -> float:
+        return self.handle_streaming / self.direct_streaming
 
-async def direct_rate(model: rocm_infer.TextModel, tokens: int) -> float:
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One stream: tokens/s from the call, tokens/s from the first token, ms to the first token, items."""
+
+    from_call: float
+    streaming: float
+    first_ms: float
+    items: int
+
+
+def _rate(started: float, first: float, received: int, first_received: int, items: int) -> Rate:
+    ended = time.perf_counter()
+    return Rate(
+        received / (ended - started), (received - first_received) / (ended - first), (first - started) * 1000, items
+    )
+
+
+async def direct_rate(model: rocm_infer.TextModel, tokens: int) -> Rate:
     started = time.perf_counter()
+    first = 0.0
     received = 0
     async for _ in model.generate(PROMPT, max_tokens=tokens, ignore_eos=True):
+        first = first or time.perf_counter()
         received += 1
     assert received == tokens, received
-    return received / (time.perf_counter() - started)
+    return _rate(started, first, received, 1, received)
 
 
-async def handle_rate(client: LlamaClient, tokens: int) -> tuple[float, int]:
+async def handle_rate(client: LlamaClient, tokens: int) -> Rate:
     started = time.perf_counter()
-    received = items = 0
+    first = 0.0
+    received = items = first_received = 0
     async for batch in client.generate(PROMPT, max_tokens=tokens, ignore_eos=True):
+        if not first:
+            first, first_received = time.perf_counter(), len(batch.tokens)
         received += len(batch.tokens)
         items += 1
     assert received == tokens, received
-    return received / (time.perf_counter() - started), items
+    return _rate(started, first, received, first_received, items)
 
 
 async def measure(model_path: str, *, rounds: int, tokens: int, batch_interval: float, threads: int) -> list[Pair]:
@@ -77,13 +110,23 @@ async def measure(model_path: str, *, rounds: int, tokens: int, batch_interval: 
     async with rocm_infer.load_model(model_path, **settings) as model:
         for round_number in range(WARMUP_ROUNDS + rounds):
             if round_number % 2:
-                handle, items = await handle_rate(client, tokens)
+                handle = await handle_rate(client, tokens)
                 direct = await direct_rate(model, tokens)
             else:
                 direct = await direct_rate(model, tokens)
-                handle, items = await handle_rate(client, tokens)
+                handle = await handle_rate(client, tokens)
             if round_number >= WARMUP_ROUNDS:
-                pairs.append(Pair(direct, handle, items))
+                pairs.append(
+                    Pair(
+                        direct.from_call,
+                        handle.from_call,
+                        handle.items,
+                        direct.streaming,
+                        handle.streaming,
+                        direct.first_ms,
+                        handle.first_ms,
+                    )
+                )
     serve.delete("ray-handle-bench")
     return pairs
 
@@ -114,13 +157,17 @@ def main() -> None:
     for i, pair in enumerate(pairs, 1):
         print(
             f"round {i:2d}: direct {pair.direct:7.0f} tokens/s, handle {pair.handle:7.0f} tokens/s "
-            f"in {pair.items:3d} items, ratio {pair.ratio:.3f}"
+            f"in {pair.items:3d} items, ratio {pair.ratio:.3f}; first token to last {pair.streaming_ratio:.3f}; "
+            f"first token after {pair.direct_first_ms:.1f} / {pair.handle_first_ms:.1f} ms"
         )
     ratios = sorted(pair.ratio for pair in pairs)
     print(
         f"handle/direct tokens/s at {args.tokens} tokens, {len(pairs)} paired rounds, "
         f"batch interval {args.batch_interval * 1000:g} ms: median {statistics.median(ratios):.3f} "
-        f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})"
+        f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); first token to last: "
+        f"median {statistics.median(p.streaming_ratio for p in pairs):.3f}; first token after "
+        f"{statistics.median(p.direct_first_ms for p in pairs):.1f} ms directly, "
+        f"{statistics.median(p.handle_first_ms for p in pairs):.1f} ms through the handle"
     )
 
 

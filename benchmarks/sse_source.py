@@ -6,8 +6,11 @@ Prints ``port N`` on stdout once it listens on 127.0.0.1, then serves until
 stdin closes (so it never outlives the harness that started it). The
 recording (made by the harness from a real llama-server in the same run) holds
 the JSON bodies of ``/health`` and ``/props`` and, per streaming path
-(``/completion``, ``/v1/completions``), the response headers and the SSE
-events exactly as llama-server sent them.
+(``/completion``, ``/v1/completions``, ``/v1/chat/completions``), the response
+headers, the SSE events exactly as llama-server sent them, and how many of
+them come before the first token (``lead``) and after the last (``tail``).
+A request for fewer tokens than were recorded (``n_predict`` or
+``max_tokens``) gets the lead, that many token events and the tail.
 
 A streamed response is sent the way llama-server sends it, one HTTP chunk per
 event, and every event is written at once: when the client reads slower than
@@ -40,13 +43,23 @@ class Source:
 
     def __init__(self, recording: dict[str, Any]) -> None:
         self.json_routes = {path: self._json_response(body) for path, body in recording["json"].items()}
-        self.streams: dict[str, tuple[bytes, list[bytes]]] = {}
+        self.streams: dict[str, tuple[bytes, list[bytes], int, int]] = {}
         for path, stream in recording["streams"].items():
             head = b"HTTP/1.1 200 OK\r\n" + b"".join(
                 f"{name}: {value}\r\n".encode("latin-1") for name, value in stream["headers"]
             )
             head += b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            self.streams[path] = (head, [_chunk(event.encode()) for event in stream["events"]])
+            chunks = [_chunk(event.encode()) for event in stream["events"]]
+            self.streams[path] = (head, chunks, stream.get("lead", 0), stream.get("tail", 0))
+
+    @staticmethod
+    def _cut(chunks: list[bytes], lead: int, tail: int, body: dict[str, Any]) -> list[bytes]:
+        """The lead, the first ``n_predict`` (or ``max_tokens``) token events, and the tail."""
+        wanted = body.get("n_predict", body.get("max_tokens"))
+        tokens = len(chunks) - lead - tail
+        if not isinstance(wanted, int) or wanted < 1 or wanted >= tokens:
+            return chunks
+        return chunks[: lead + wanted] + chunks[len(chunks) - tail :]
 
     @staticmethod
     def _json_response(body: object) -> bytes:
@@ -70,9 +83,11 @@ class Source:
             if path in self.json_routes:
                 writer.write(self.json_routes[path])
             elif path in self.streams:
-                head_bytes, chunks = self.streams[path]
+                head_bytes, chunks, lead, tail = self.streams[path]
+                request = json.loads(body) if body else {}
+                chunks = self._cut(chunks, lead, tail, request)
                 writer.write(head_bytes)
-                if b'"hold"' in body and json.loads(body).get("hold") is True:
+                if request.get("hold") is True:
                     writer.write(chunks[0])
                     await writer.drain()
                     await reader.read()  # until the client goes away
