@@ -143,6 +143,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a body that ends before [DONE] / stop is taken for a complete stream",
     ),
     Mutation(
+        "a-burst-never-lets-the-loop-run",
+        "rocm_infer/integrations/fastapi.py",
+        "                    if sent % _WRITES_PER_PAUSE == 0:\n",
+        "                    if False:\n",
+        ("tests/test_fastapi.py::test_a_burst_of_tokens_lets_the_disconnect_through_within_a_few_writes",),
+        "a burst of tokens is written without a pause: a client that went away is noticed only after it",
+    ),
+    Mutation(
         "context-error-not-recognised",
         "rocm_infer/client.py",
         '        if kind == "exceed_context_size_error":',

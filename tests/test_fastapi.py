@@ -28,7 +28,9 @@ from test_examples import run_script
 
 import rocm_infer
 from rocm_infer.integrations.fastapi import (
+    _WRITES_PER_PAUSE,
     SSEEvent,
+    TokenStreamResponse,
     get_model,
     load_models,
     loaded_models,
@@ -364,3 +366,40 @@ def test_module_all_names_exist() -> None:
 
     assert module.__all__ == sorted(module.__all__)
     assert all(hasattr(module, name) for name in module.__all__)
+
+
+async def test_a_burst_of_tokens_lets_the_disconnect_through_within_a_few_writes() -> None:
+    # Tokens that came in one network read are sent without waiting on anything; the response
+    # must still let the loop run every few writes, or a client that went away is only noticed
+    # after the whole burst (asyncio warns from the fifth write into a closed socket). The burst
+    # is an iterator that never waits: a real server cannot be made to send 1,000 at once.
+    class Stream:
+        closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    async def burst() -> AsyncIterator[bytes]:
+        for i in range(1000):
+            yield b"data: %d\n\n" % i
+
+    bodies: list[bytes] = []
+    disconnected_after: list[int] = []
+    first_body = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await first_body.wait()
+        disconnected_after.append(len(bodies))
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            bodies.append(message["body"])
+            first_body.set()
+
+    stream = Stream()
+    response = TokenStreamResponse(stream, burst())  # type: ignore[arg-type]
+    await response({"type": "http", "method": "GET", "path": "/"}, receive, send)
+    assert stream.closed
+    assert disconnected_after and len(bodies) - disconnected_after[0] <= _WRITES_PER_PAUSE
+    assert len(bodies) < 1000

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -295,6 +296,16 @@ def _usage(metrics: GenerateMetrics | None) -> dict[str, int]:
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
 
+# What follows a token's text in a streamed chunk (json.dumps of the whole chunk would give the same).
+_DELTA_END = '}, "logprobs": null, "finish_reason": null}]}'
+_TEXT_END = ', "logprobs": null, "finish_reason": null}]}'
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _json_object_opening(fields: dict[str, Any]) -> str:
+    """``json.dumps(fields)`` without its closing brace, for more fields to follow."""
+    return json.dumps(fields, ensure_ascii=False)[:-1]
+
 
 class _ChatChunks:
     """The events of one streamed chat completion, in OpenAI's chunk format."""
@@ -305,6 +316,11 @@ class _ChatChunks:
         self.model = model
         self.include_usage = include_usage
         self.first = True
+        opening = _json_object_opening(self.envelope())
+        self._delta = {
+            key: f'{opening}, "choices": [{{"index": 0, "delta": {{"{key}": '
+            for key in ("content", "reasoning_content")
+        }
 
     def envelope(self) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
@@ -320,7 +336,10 @@ class _ChatChunks:
         if not token.text or token.kind == "tool_call":
             return None  # held-back text, or call arguments: those go whole at the end
         key = "content" if token.kind == "content" else "reasoning_content"
-        return self.chunk({key: token.text})
+        if self.first:
+            return self.chunk({key: token.text})
+        # The hot path: the chunk's JSON around the text is the same for every token.
+        return SSEEvent(f"{self._delta[key]}{_json_string(token.text)}{_DELTA_END}")
 
     def end(self, stream: TokenStream) -> Iterable[SSEEvent]:
         for index, call in enumerate(stream.tool_calls):
@@ -344,6 +363,7 @@ class _TextChunks:
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self._text = f'{_json_object_opening(self.envelope())}, "choices": [{{"index": 0, "text": '
 
     def envelope(self) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
@@ -353,7 +373,8 @@ class _TextChunks:
         return SSEEvent({**self.envelope(), "choices": [choice]})
 
     def token(self, token: Token) -> SSEEvent | None:
-        return self.chunk(token.text) if token.text else None
+        # The hot path: the chunk's JSON around the text is the same for every token.
+        return SSEEvent(f"{self._text}{_json_string(token.text)}{_TEXT_END}") if token.text else None
 
     def end(self, stream: TokenStream) -> Iterable[SSEEvent]:
         yield self.chunk("", _FINISH.get(stream.finish_reason or ""))
