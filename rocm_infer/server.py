@@ -52,6 +52,7 @@ _IDLE_BEFORE_STOP = 1.0
 _BIND_FAILED = "couldn't bind"
 # Longest a single /health request may take during start-up before the next poll.
 _HEALTH_REQUEST_TIMEOUT = 5.0
+_SLIVER = 0.1  # seconds: a health poll given less than this is not a poll that went unanswered
 
 # Environment variables llama-server reads as settings. Inherited ones are dropped
 # (LoadConfig.env sets them on purpose); the names dropped are logged once each.
@@ -338,9 +339,10 @@ class LlamaServer:
             progress.sample()
             progress.report()
             deadline = min(progress.last_activity + startup_timeout, hard_deadline)
+            # A server that accepts but never answers must not outlast the deadline.
+            limit = max(min(deadline - time.monotonic(), _HEALTH_REQUEST_TIMEOUT), 0.01)
             try:
-                # A server that accepts but never answers must not outlast the deadline.
-                async with asyncio.timeout(max(min(deadline - time.monotonic(), _HEALTH_REQUEST_TIMEOUT), 0.01)):
+                async with asyncio.timeout(limit):
                     health = await self._client.health()
                     if health.get("status") == "ok":
                         problem = await self._not_ours()
@@ -356,7 +358,10 @@ class LlamaServer:
             except APIConnectionError:
                 last_status = "not accepting connections yet"
             except builtins.TimeoutError:  # also the SDK's own APITimeoutError
-                last_status = "/health did not answer"
+                # A poll the deadline left only a sliver of time says nothing of the server
+                # (a loaded machine can take that long to be refused): keep what the last says.
+                if limit >= _SLIVER or last_status == "no answer yet":
+                    last_status = "/health did not answer"
             now = time.monotonic()
             deadline = min(progress.last_activity + startup_timeout, hard_deadline)
             if now >= deadline:
