@@ -819,7 +819,7 @@ class _Events:
     events before it).
     """
 
-    __slots__ = ("pending", "done", "ended", "error", "_sse", "_clean", "_stop", "_url", "_path")
+    __slots__ = ("pending", "done", "ended", "error", "_sse", "_stop", "_url", "_path")
 
     def __init__(self, url: str, path: str, terminator: Terminator) -> None:
         self.pending: list[str] = []  # the data of events not decoded yet
@@ -827,7 +827,6 @@ class _Events:
         self.ended = False  # the body ended
         self.error: Exception | None = None
         self._sse = SSEDecoder()
-        self._clean = True  # the SSE decoder holds nothing (SSEDecoder.idle)
         self._stop = terminator == "stop"
         self._url = url
         self._path = path
@@ -838,20 +837,6 @@ class _Events:
             return
         if not chunk:
             self.ended = True
-        if (
-            self._clean
-            and chunk.startswith(b"data: ")
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk.endswith(b"\n")
-            and b"\r" not in chunk
-        ):
-            # One whole event, as llama-server writes each: its data needs no decoder.
-            data = chunk[6:-2].decode("utf-8", "replace")
-            if data == "[DONE]":
-                self.done = True
-            else:
-                self.pending.append(data)
-            return
         sse = self._sse
         try:
             datas = sse.feed_data(chunk) if chunk else sse.end_data()
@@ -860,7 +845,6 @@ class _Events:
             error.__cause__ = exc
             self.error = error
             return
-        self._clean = sse.idle
         for data in datas:
             if data == "[DONE]":
                 self.done = True

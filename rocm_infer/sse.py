@@ -226,18 +226,6 @@ class SSEDecoder:
         """True while bytes of an unfinished line or event are held."""
         return bool(self._held or self._data or self._event)
 
-    @property
-    def idle(self) -> bool:
-        """True when the decoder holds nothing at all (no bytes, fields or id of an event to come).
-
-        Then a chunk that is exactly ``data: ...`` and a blank line decodes to
-        its data alone, with no state to read or update: a reader may decode
-        such a chunk itself while this stays true.
-        """
-        return self._id is None and not (
-            self._held or self._data or self._skip_lf or self._overflow or self._event or self._retry is not None
-        )
-
     def _line(self, line: bytes) -> ServerSentEvent | None:
         if not line:
             return self._dispatch()

@@ -307,8 +307,8 @@ def test_the_data_only_path_gives_the_same_data(raw: bytes, expected: list[Serve
 
 @pytest.mark.parametrize(("raw", "expected"), [pytest.param(raw, exp, id=name) for name, raw, exp in CASES])
 def test_a_streams_events_take_the_same_data_as_the_decoder(raw: bytes, expected: list[ServerSentEvent]) -> None:
-    # The stream's own reader decodes a chunk that is one whole "data:" event without the
-    # decoder, but only while the decoder holds nothing: split anywhere, the data must not change.
+    # The stream's own reader takes each chunk's events through the data-only path and stops at
+    # [DONE]: split anywhere, the data must not change.
     want: list[str] = []
     for event in expected:
         if event.data == "[DONE]":
@@ -323,18 +323,3 @@ def test_a_streams_events_take_the_same_data_as_the_decoder(raw: bytes, expected
             events.feed(b"")
             assert events.pending == want, f"split at {i}, {j}"
             assert events.done == (len(want) < len(expected))
-
-
-def test_the_decoder_is_idle_only_when_it_holds_nothing() -> None:
-    decoder = SSEDecoder()
-    assert decoder.idle
-    for partial in (b"data: a", b"data: a\n", b"event: x\n", b"retry: 5\n", b"data: a\r"):
-        decoder = SSEDecoder()
-        decoder.feed_data(partial)
-        assert not decoder.idle, partial
-    decoder = SSEDecoder()
-    decoder.feed_data(b"id: 1\n\n")
-    assert not decoder.idle  # an id lasts for the events after it
-    decoder = SSEDecoder()
-    assert decoder.feed_data(b"data: a\n\n") == ["a"]
-    assert decoder.idle
