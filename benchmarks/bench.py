@@ -304,17 +304,30 @@ async def sse_source(recording: dict[str, Any], workdir: Path) -> Any:
 REAL_CLIENTS = ("rocm_infer", "openai", "aiohttp")
 
 
-async def throughput(contenders: Contenders, plan: Plan, results: Results) -> None:
-    runs: dict[tuple[int, str], list[Run]] = {(n, c): [] for n in plan.lengths for c in REAL_CLIENTS}
-    for name in REAL_CLIENTS:  # warm every client's connection set-up and imports
-        await contenders.stream(name)(PROMPT, 8)
-    for order in rotations(REAL_CLIENTS, plan.rounds):
-        for n in plan.lengths:
+async def paired_runs(
+    contenders: Contenders,
+    names: Sequence[str],
+    lengths: Sequence[int],
+    rounds: int,
+    stream: Callable[[Contenders, str], Stream],
+) -> dict[tuple[int, str], list[Run]]:
+    """Every contender's run at every length, round by round in rotating order, after a warm-up;
+    ``stream`` picks the call (completion or chat)."""
+    runs: dict[tuple[int, str], list[Run]] = {(n, c): [] for n in lengths for c in names}
+    for name in names:  # warm every client's connection set-up and imports
+        await stream(contenders, name)(PROMPT, 8)
+    for order in rotations(names, rounds):
+        for n in lengths:
             for name in order:
-                run = await contenders.stream(name)(PROMPT, n)
+                run = await stream(contenders, name)(PROMPT, n)
                 if run.tokens != n:
                     raise RuntimeError(f"{name} received {run.tokens} tokens of {n}")
                 runs[n, name].append(run)
+    return runs
+
+
+async def throughput(contenders: Contenders, plan: Plan, results: Results) -> None:
+    runs = await paired_runs(contenders, REAL_CLIENTS, plan.lengths, plan.rounds, Contenders.stream)
     plot: dict[str, list[float]] = {"llama-server": [], **{c: [] for c in REAL_CLIENTS}}
     for n in plan.lengths:
         server = median([r.server_rate for c in REAL_CLIENTS for r in runs[n, c]])
@@ -738,16 +751,7 @@ def paired(runs: dict[str, list[float]], client: str, anchor: str) -> float:
 
 async def chat_streaming(contenders: Contenders, source_url: str, plan: Plan, results: Results) -> None:
     names = Contenders.CHAT_NAMES
-    runs: dict[tuple[int, str], list[Run]] = {(n, c): [] for n in plan.chat_lengths for c in names}
-    for name in names:  # warm every client's connection set-up and imports
-        await contenders.chat(name)(PROMPT, 8)
-    for order in rotations(names, plan.rounds):
-        for n in plan.chat_lengths:
-            for name in order:
-                run = await contenders.chat(name)(PROMPT, n)
-                if run.tokens != n:
-                    raise RuntimeError(f"{name} received {run.tokens} chat tokens of {n}")
-                runs[n, name].append(run)
+    runs = await paired_runs(contenders, names, plan.chat_lengths, plan.rounds, Contenders.chat)
     for n in plan.chat_lengths:
         # Each request's rate as the client saw it over llama-server's own for that request: a request's
         # rate varies by a fifth from one to the next on this machine, far more than any client's cost.
