@@ -173,8 +173,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "pings-do-not-keep-a-stream-alive",
         "rocm_infer/client.py",
-        "    def data_received(self, data: bytes) -> None:\n        self.last_read = monotonic()\n",
-        "    def data_received(self, data: bytes) -> None:\n",
+        'reads into bytes)."""\n        self.last_read = monotonic()\n',
+        'reads into bytes)."""\n',
         ("tests/test_client.py::test_pings_keep_an_idle_stream_alive",),
         "the idle watchdog does not see reads on a stream's own connection: a stream that keeps sending pings is cut",
     ),
