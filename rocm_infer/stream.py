@@ -222,8 +222,11 @@ class TokenStream:
         except RocmInferError as exc:
             self._finish("error", exc)
             raise
-        self._events = self._open(client)
-        return self._events
+        events = self._events = self._open(client)
+        shortcut = self._adapter.shortcut()
+        if shortcut is not None:
+            events.decode_with(shortcut)
+        return events
 
     async def _failed(self, exc: RocmInferError) -> BaseException:
         """What reading the events raised means, to raise in its place (the stream is finished)."""

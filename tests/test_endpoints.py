@@ -260,3 +260,58 @@ async def test_image_parts_reach_a_vision_server_as_data_urls(tmp_path: Any) -> 
     assert message["content"][0] == {"type": "text", "text": "What is it?"}
     url = message["content"][1]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == png.read_bytes()
+
+
+# -- the chat adapter's shortcut: the common chunk decoded without the JSON decoder --------------------
+
+# A content chunk exactly as llama-server writes it with n_probs 1 and post-sampling probabilities.
+_CHUNK = (
+    '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":%s},"logprobs":{"content":[{"id":%d,'
+    '"token":" both","bytes":[32,98,111,116,104],"prob":1.0,"top_probs":[{"id":%d,"token":" both",'
+    '"bytes":[32,98,111,116,104],"prob":1.0}]}]}}],"created":1796206660,"id":"chatcmpl-hk",'
+    '"model":"C:\\\\models\\\\tiny.gguf","system_fingerprint":"b0-unknown","object":"chat.completion.chunk"%s}'
+)
+
+
+def _chunk_data(text: str, token: int, extra: str = "") -> str:
+    return _CHUNK % (json.dumps(text), token, token, extra)
+
+
+@pytest.mark.parametrize("text", [" both", 'a "quoted" \\ word', "naïve 日本 \U0001f600", "\n\t", ""])
+async def test_the_shortcut_gives_the_tokens_the_json_decoder_gives(text: str) -> None:
+    datas = [_chunk_data(text, 7), _chunk_data(text + "!", 8)]
+    shortcut = ChatAdapter(GenerateConfig()).shortcut()
+    assert shortcut is not None
+    quick = [shortcut(data) for data in datas]
+    assert all(event is not None for event in quick)
+    by_json = await fed(ChatAdapter(GenerateConfig()), [json.loads(data) for data in datas])
+    by_shortcut = await fed(ChatAdapter(GenerateConfig()), quick)  # type: ignore[arg-type]
+    assert by_shortcut == by_json
+    # An empty delta makes no token either way.
+    assert [(t.id, t.text) for t in by_shortcut] == [(i, t) for i, t in ((7, text), (8, text + "!")) if t]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _chunk_data("x", 1, ',"usage":{"prompt_tokens":3}'),
+        _chunk_data("x", 1, ',"timings":{"predicted_n":1}'),
+        _chunk_data("x", 1, ',"error":{"message":"no"}'),
+        _chunk_data("x", 1).replace('"finish_reason":null', '"finish_reason":"length"'),
+        _chunk_data("x", 1).replace('{"content":"x"}', '{"content":"x","reasoning_content":"r"}'),
+        _chunk_data("x", 1).replace('"prob":1.0}]}]', '"prob":1.0}]},{"id":2,"token":"y","bytes":[121],"prob":1.0}]'),
+        '{"choices":[{"finish_reason":null,"index":0,"delta":{"tool_calls":[{"index":0}]}}],"object":"c"}',
+        '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"bad \\q escape"},"logprobs":{}}]}',
+        "[DONE]",
+    ],
+    ids=["usage", "timings", "error", "finish", "reasoning", "two-entries", "tool-call", "bad-escape", "done"],
+)
+def test_the_shortcut_leaves_every_other_chunk_to_the_json_decoder(data: str) -> None:
+    shortcut = ChatAdapter(GenerateConfig()).shortcut()
+    assert shortcut is not None
+    assert shortcut(data) is None
+
+
+def test_no_shortcut_when_log_probabilities_are_asked_for() -> None:
+    assert ChatAdapter(GenerateConfig(logprobs=2)).shortcut() is None
+    assert CompletionAdapter(GenerateConfig()).shortcut() is None

@@ -17,9 +17,11 @@ from ..config import GenerateConfig
 from ..structured import OutputSchema
 from ..types import FinishReason, Message, Token, TokenLogprob, ToolCall
 
-__all__ = ["Detokenize", "EventAdapter", "sampling_body"]
+__all__ = ["Detokenize", "EventAdapter", "Shortcut", "sampling_body"]
 
 Detokenize = Callable[[list[int]], Awaitable[str]]
+# An adapter's decoder for the one event shape that carries nearly every token (see EventAdapter.shortcut).
+Shortcut = Callable[[str], JSON | None]
 
 # llama-server's stop_type (native API) and finish_reason (OpenAI API) to ours.
 STOP_TYPES: dict[object, FinishReason] = {
@@ -89,6 +91,20 @@ class EventAdapter:
     def feed(self, events: list[JSON], out: list[Token]) -> None:
         """Turn one network read's events into tokens, appended to ``out``."""
         raise NotImplementedError
+
+    def shortcut(self) -> Shortcut | None:
+        """A decoder for the event that carries one content token and nothing else, or None.
+
+        It is handed each event's data before the JSON decoder is, and returns
+        that event with only the fields :meth:`feed` reads from it (None for
+        any other event, which is decoded as JSON). An event it accepts is
+        never an error and never the stream's terminator. Most of a stream's
+        events have this shape, and decoding all of their fields (a chat
+        chunk's model name, ids and token probabilities) costs more than the
+        rest of the client's work on a token. None where the settings make
+        :meth:`feed` read more (log-probabilities, stop tokens' timings).
+        """
+        return None
 
     async def settle(self, out: list[Token], detokenize: Detokenize) -> None:
         """The response is complete: append what was held back, check what was assembled.

@@ -17,7 +17,8 @@ a silently empty dict.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from ..client import JSON
@@ -26,7 +27,7 @@ from ..errors import ProtocolError
 from ..structured import OutputSchema
 from ..tools import Tool, tool_choice_body
 from ..types import Message, Token, TokenKind, TokenLogprob, ToolCall
-from .base import Detokenize, EventAdapter, _cut, logprobs_of, sampling_body
+from .base import Detokenize, EventAdapter, Shortcut, _cut, logprobs_of, sampling_body
 
 __all__ = ["ChatAdapter", "Reasoning", "chat_body"]
 
@@ -77,6 +78,48 @@ def chat_body(
     body.setdefault("n_probs", 1)
     body.setdefault("post_sampling_probs", True)
     return body
+
+
+# The JSON decoder's own string scanner (C), which the stubs do not declare.
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+# JSON as llama-server writes it (no whitespace): a string, a number.
+_STRING = r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"'
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+# A chunk of one content token, as llama-server writes it: the delta's text, then the token's
+# probabilities entry (its id, and candidates with their own ids) and the end of the only choice.
+_CHUNK_HEAD = '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"'
+_PROBS = r',"bytes":\[[\d,]*\],"(?:prob|logprob)":' + _NUMBER
+_CANDIDATE = r'\{"id":-?\d+,"token":' + _STRING + _PROBS
+_CHUNK_TAIL = re.compile(
+    r'\},"logprobs":\{"content":\[\{"id":(\d+),"token":'
+    + _STRING
+    + _PROBS
+    + r'(?:,"top_(?:probs|logprobs)":\[(?:'
+    + _CANDIDATE
+    + r"\}(?:,"
+    + _CANDIDATE
+    + r"\})*)?\])?\}\]\}\}\],"
+)
+
+
+def _token_chunk(data: str) -> JSON | None:
+    """A content token's chunk as the fields :meth:`ChatAdapter.feed` reads, or None (see
+    :meth:`~rocm_infer.endpoints.base.EventAdapter.shortcut`). After the only choice come the
+    chunk's own fields; one that is not (usage, timings, an error) sends the chunk to the JSON
+    decoder. A key can be told from text by the colon after it: in a string a quote is escaped."""
+    if not data.startswith(_CHUNK_HEAD):
+        return None
+    try:
+        text, end = _scanstring(data, len(_CHUNK_HEAD))
+    except ValueError:  # not a JSON string: the JSON decoder says what is wrong
+        return None
+    match = _CHUNK_TAIL.match(data, end)
+    if match is None:
+        return None
+    rest = data[match.end() :]
+    if '"usage":' in rest or '"timings":' in rest or '"error":' in rest or '"choices":' in rest:
+        return None
+    return {"choices": [{"delta": {"content": text}, "logprobs": {"content": [{"id": int(match[1])}]}}]}
 
 
 class _CallParts:
@@ -153,6 +196,9 @@ class ChatAdapter(EventAdapter):
         if pending:
             # Text the server released with no token of its own (a call parsed at the end).
             self._release(out, -1)
+
+    def shortcut(self) -> Shortcut | None:
+        return _token_chunk if self._top is None else None
 
     def _collect(self, delta: JSON, text: str | None, pending: list[tuple[TokenKind, str]]) -> None:
         reasoning = delta.get("reasoning_content")
