@@ -64,6 +64,9 @@ __all__ = ["EventStream", "LlamaServerClient"]
 logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
+# A reader's decoder for the one event shape that carries nearly every token: the event with the
+# fields the reader reads, or None (decoded as JSON). See EventAdapter.shortcut.
+Shortcut = Callable[[str], JSON | None]
 
 # How a streamed response says it is complete: OpenAI-style streams send a
 # final "data: [DONE]"; llama-server's native /completion sends an event with
@@ -548,7 +551,7 @@ class EventStream:
                 self._watched = True
                 _WATCHDOG.watch(self, asyncio.get_running_loop(), timeout)
 
-    def decode_with(self, shortcut: Callable[[str], JSON | None]) -> None:
+    def decode_with(self, shortcut: Shortcut) -> None:
         """Decode events with ``shortcut`` first: it returns an event of the one shape it knows (with
         the fields its reader reads) or None, and the JSON decoder takes the rest. What it accepts
         must be neither an error nor the terminator; the events then hold only those fields."""
@@ -830,7 +833,7 @@ class _Events:
     def __init__(self, url: str, path: str, terminator: Terminator) -> None:
         self.pending: list[str] = []  # the data of events not decoded yet
         # The reader's decoder for its common event (EventStream.decode_with), tried before JSON.
-        self.shortcut: Callable[[str], JSON | None] | None = None
+        self.shortcut: Shortcut | None = None
         self.done = False
         self.ended = False  # the body ended
         self.error: Exception | None = None

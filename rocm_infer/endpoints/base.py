@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..client import JSON
+from ..client import JSON, Shortcut
 from ..config import GenerateConfig
 from ..structured import OutputSchema
 from ..types import FinishReason, Message, Token, TokenLogprob, ToolCall
@@ -20,8 +20,6 @@ from ..types import FinishReason, Message, Token, TokenLogprob, ToolCall
 __all__ = ["Detokenize", "EventAdapter", "Shortcut", "sampling_body"]
 
 Detokenize = Callable[[list[int]], Awaitable[str]]
-# An adapter's decoder for the one event shape that carries nearly every token (see EventAdapter.shortcut).
-Shortcut = Callable[[str], JSON | None]
 
 # llama-server's stop_type (native API) and finish_reason (OpenAI API) to ours.
 STOP_TYPES: dict[object, FinishReason] = {
