@@ -1,6 +1,7 @@
 """Tokens/s through a Ray Serve DeploymentHandle, against direct ``generate``, paired per round.
 
     python benchmarks/ray_handle.py [MODEL.gguf] [--rounds N] [--tokens 512] [--batch-interval S]
+                                    [--no-control]
 
 Starts a local Ray cluster (loopback only, no dashboard, 2 CPUs) with one
 :data:`~rocm_infer.integrations.ray.LlamaDeployment` replica, and loads the
@@ -11,7 +12,18 @@ each timed from the call to its last token; the round's figure is the
 handle's tokens/s over the direct one's. The same ratio from the first
 token to the last separates what the stream carries from what a call costs
 once (the handle's route to a replica, the replica's request), shown as the
-time to the first token. Prints every round, then the medians on the last line.
+time to the first token.
+
+Two figures take the noise of this machine out of the ratio. One
+llama-server's decode rate varies by a third from one request to the next
+here, whichever path reads it, so the ratio of two single streams does too.
+*Against the server's own time* divides each stream's wall time by the time
+its llama-server reports for the request (prefill + decode): what the path
+adds, exactly, but not what its CPU takes from the server. The *control* is
+a second direct model, loaded the same way and timed in the same rounds:
+direct/direct, whose median shows how far from 1.00 the plain ratio strays
+with nothing between the two. Prints every round, then the medians on the
+last line.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -33,6 +46,7 @@ from ray import serve  # noqa: E402
 
 import rocm_infer  # noqa: E402
 from rocm_infer.integrations.ray import BATCH_INTERVAL, LlamaClient, build_app  # noqa: E402
+from rocm_infer.types import GenerateMetrics  # noqa: E402
 
 PROMPT = "Once upon a time"
 WARMUP_ROUNDS = 2
@@ -50,6 +64,9 @@ class Pair:
     handle_streaming: float = 0.0
     direct_first_ms: float = 0.0  # call -> first token
     handle_first_ms: float = 0.0
+    direct_server: float = 0.0  # llama-server's own prefill + decode time over the call's wall time
+    handle_server: float = 0.0
+    control: float = 0.0  # tokens/s of a second direct model in the same round (0: none)
 
     @property
     def ratio(self) -> float:
@@ -58,6 +75,21 @@ class Pair:
     @property
     def streaming_ratio(self) -> float:
         return self.handle_streaming / self.direct_streaming
+
+    @property
+    def server_ratio(self) -> float:
+        """The ratio with each stream's wall time measured against its llama-server's own time for it.
+
+        A request's decode rate varies by a third from one to the next here
+        (both servers alike); this removes that and keeps what each path
+        adds, but not what its CPU takes from its server.
+        """
+        return self.handle_server / self.direct_server
+
+    @property
+    def control_ratio(self) -> float:
+        """The second direct model's tokens/s over the first's: the plain ratio with nothing between."""
+        return self.control / self.direct
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +100,20 @@ class Rate:
     streaming: float
     first_ms: float
     items: int
+    server: float  # llama-server's prefill + decode time over the wall time from the call
 
 
-def _rate(started: float, first: float, received: int, first_received: int, items: int) -> Rate:
+def _rate(
+    started: float, first: float, received: int, first_received: int, items: int, metrics: GenerateMetrics | None
+) -> Rate:
     ended = time.perf_counter()
+    assert metrics is not None
     return Rate(
-        received / (ended - started), (received - first_received) / (ended - first), (first - started) * 1000, items
+        received / (ended - started),
+        (received - first_received) / (ended - first),
+        (first - started) * 1000,
+        items,
+        (metrics.prefill_duration + metrics.decode_duration) / (ended - started),
     )
 
 
@@ -81,40 +121,62 @@ async def direct_rate(model: rocm_infer.TextModel, tokens: int) -> Rate:
     started = time.perf_counter()
     first = 0.0
     received = 0
-    async for _ in model.generate(PROMPT, max_tokens=tokens, ignore_eos=True):
+    stream = model.generate(PROMPT, max_tokens=tokens, ignore_eos=True)
+    async for _ in stream:
         first = first or time.perf_counter()
         received += 1
     assert received == tokens, received
-    return _rate(started, first, received, 1, received)
+    return _rate(started, first, received, 1, received, stream.metrics)
 
 
 async def handle_rate(client: LlamaClient, tokens: int) -> Rate:
     started = time.perf_counter()
     first = 0.0
     received = items = first_received = 0
+    metrics = None
     async for batch in client.generate(PROMPT, max_tokens=tokens, ignore_eos=True):
         if not first:
             first, first_received = time.perf_counter(), len(batch.tokens)
         received += len(batch.tokens)
         items += 1
+        metrics = batch.metrics or metrics
     assert received == tokens, received
-    return _rate(started, first, received, first_received, items)
+    return _rate(started, first, received, first_received, items, metrics)
 
 
-async def measure(model_path: str, *, rounds: int, tokens: int, batch_interval: float, threads: int) -> list[Pair]:
-    """``rounds`` paired rounds (after a warm-up), on a Serve app that must already be running."""
+async def measure(
+    model_path: str,
+    *,
+    rounds: int,
+    tokens: int,
+    batch_interval: float,
+    threads: int,
+    control: bool = True,
+) -> list[Pair]:
+    """``rounds`` paired rounds (after a warm-up), on a local Ray cluster that must already be running.
+
+    With ``control``, a second direct model streams in every round too (see the module's docs).
+    """
     settings = {"threads": threads, "context_len": tokens + 64, "parallel_slots": 1}
     app = build_app(model_path, name="bench", batch_interval=batch_interval, **settings)
     client = LlamaClient(serve.run(app, name="ray-handle-bench", route_prefix=None))
     pairs: list[Pair] = []
-    async with rocm_infer.load_model(model_path, **settings) as model:
+    async with contextlib.AsyncExitStack() as models:
+        direct_models = {
+            path: await models.enter_async_context(rocm_infer.load_model(model_path, **settings))
+            for path in (("direct", "control") if control else ("direct",))
+        }
+        order = ["direct", "handle", "control"] if control else ["direct", "handle"]
         for round_number in range(WARMUP_ROUNDS + rounds):
-            if round_number % 2:
-                handle = await handle_rate(client, tokens)
-                direct = await direct_rate(model, tokens)
-            else:
-                direct = await direct_rate(model, tokens)
-                handle = await handle_rate(client, tokens)
+            # Each path goes first, second and last in turn.
+            shift = round_number % len(order)
+            rates: dict[str, Rate] = {}
+            for path in order[shift:] + order[:shift]:
+                if path == "handle":
+                    rates[path] = await handle_rate(client, tokens)
+                else:
+                    rates[path] = await direct_rate(direct_models[path], tokens)
+            direct, handle = rates["direct"], rates["handle"]
             if round_number >= WARMUP_ROUNDS:
                 pairs.append(
                     Pair(
@@ -125,6 +187,9 @@ async def measure(model_path: str, *, rounds: int, tokens: int, batch_interval: 
                         handle.streaming,
                         direct.first_ms,
                         handle.first_ms,
+                        direct.server,
+                        handle.server,
+                        rates["control"].from_call if "control" in rates else 0.0,
                     )
                 )
     serve.delete("ray-handle-bench")
@@ -138,6 +203,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--batch-interval", type=float, default=BATCH_INTERVAL, help="seconds between items")
     parser.add_argument("--threads", type=int, default=1, help="llama-server threads, both servers")
+    parser.add_argument("--no-control", action="store_true", help="no second direct model (see above)")
     args = parser.parse_args()
     model_path = args.model or str(demo_model())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -149,6 +215,7 @@ def main() -> None:
                 tokens=args.tokens,
                 batch_interval=args.batch_interval,
                 threads=args.threads,
+                control=not args.no_control,
             )
         )
     finally:
@@ -158,7 +225,9 @@ def main() -> None:
         print(
             f"round {i:2d}: direct {pair.direct:7.0f} tokens/s, handle {pair.handle:7.0f} tokens/s "
             f"in {pair.items:3d} items, ratio {pair.ratio:.3f}; first token to last {pair.streaming_ratio:.3f}; "
-            f"first token after {pair.direct_first_ms:.1f} / {pair.handle_first_ms:.1f} ms"
+            f"first token after {pair.direct_first_ms:.1f} / {pair.handle_first_ms:.1f} ms; "
+            f"against the server's own time {pair.server_ratio:.3f}"
+            + (f"; control (direct/direct) {pair.control_ratio:.3f}" if pair.control else "")
         )
     ratios = sorted(pair.ratio for pair in pairs)
     print(
@@ -167,7 +236,13 @@ def main() -> None:
         f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); first token to last: "
         f"median {statistics.median(p.streaming_ratio for p in pairs):.3f}; first token after "
         f"{statistics.median(p.direct_first_ms for p in pairs):.1f} ms directly, "
-        f"{statistics.median(p.handle_first_ms for p in pairs):.1f} ms through the handle"
+        f"{statistics.median(p.handle_first_ms for p in pairs):.1f} ms through the handle; against the "
+        f"server's own time: median {statistics.median(p.server_ratio for p in pairs):.3f}"
+        + (
+            f"; control (direct/direct): median {statistics.median(p.control_ratio for p in pairs):.3f}"
+            if pairs[0].control
+            else ""
+        )
     )
 
 
