@@ -1107,17 +1107,12 @@ class _Response(asyncio.BufferedProtocol):
         """The bytes of one read (from :meth:`buffer_updated`, or a transport that reads into bytes)."""
         self.last_read = monotonic()
         if self._state == _SIZE and not self._buffer:
-            # The common case: the read is exactly one whole chunk, as llama-server writes an event.
-            line_end = data.find(b"\r\n")
-            if 0 < line_end <= 16 and data[:line_end].isalnum():
-                try:
-                    size = int(data[:line_end], 16)
-                except ValueError:
-                    size = 0
-                end = line_end + 2 + size
-                if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n":
-                    self._body(data[line_end + 2 : end])
-                    return
+            # The common read: whole chunks (one, as llama-server writes an event; more when the
+            # reader is behind), without the general parser.
+            pos = self._whole_chunks(data, 0)
+            if pos == len(data) or self._closed:
+                return
+            data = data[pos:] if pos else data
         self._parse(data)
 
     def eof_received(self) -> bool | None:
@@ -1204,6 +1199,11 @@ class _Response(asyncio.BufferedProtocol):
         size = len(data)
         while pos < size and not self._closed:
             state = self._state
+            if state == _SIZE:  # after the head or a chunk the read cut
+                whole = self._whole_chunks(data, pos)
+                if whole > pos:
+                    pos = whole
+                    continue
             if state == _SIZE or state == _TRAILER:
                 end = data.find(b"\r\n", pos)
                 if end < 0:
@@ -1262,6 +1262,29 @@ class _Response(asyncio.BufferedProtocol):
                 return
             else:  # _END: bytes after the body are not ours to read
                 return
+
+    def _whole_chunks(self, data: bytes, pos: int) -> int:
+        """The whole chunks of ``data`` from ``pos`` on, given to the body as one piece; where they end.
+
+        What is left (a chunk the read cut, the last chunk, a size line with
+        extensions or more than 16 digits) is for the general parser.
+        """
+        pieces: list[bytes] = []
+        size = len(data)
+        while pos < size:
+            line_end = data.find(b"\r\n", pos, pos + 18)
+            digits = data[pos:line_end]
+            if line_end <= pos or not _HEX.issuperset(digits):
+                break
+            start = line_end + 2
+            end = start + int(digits, 16)
+            if end == start or end + 2 > size or data[end : end + 2] != b"\r\n":
+                break
+            pieces.append(data[start:end])
+            pos = end + 2
+        if pieces:
+            self._body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return pos
 
     def _head(self, head: bytes) -> None:
         status_line, _, fields = head.partition(b"\r\n")

@@ -103,21 +103,29 @@ class SSEDecoder:
         For a reader that needs nothing else (a JSON stream): no event
         objects are made, and a chunk that is exactly one ``data:`` line and
         the blank line ending it (how llama-server writes every event) is
-        decoded without splitting it into lines. The state it keeps (id,
-        event type, held bytes) is the same as :meth:`feed` would keep.
+        decoded without splitting it into lines; nor is a chunk of several
+        such events (a reader that is behind gets many per read). The state
+        it keeps (id, event type, held bytes) is the same as :meth:`feed`
+        would keep.
         """
         if (
             chunk.startswith(b"data: ")
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk.endswith(b"\n")
+            and chunk.endswith(b"\n\n")
             and not (
                 self._held or self._data or self._skip_lf or self._overflow or self._event or self._retry is not None
             )
             and b"\r" not in chunk
         ):
-            if self._id is not None:
-                self.last_event_id = self._id
-            return [chunk[6:-2].decode("utf-8", "replace")]
+            # Every LF is in a pair, each pair but the last followed by "data: ": the chunk is
+            # nothing but one-line data events (an invalid byte decodes alike either way, since
+            # no UTF-8 sequence spans an LF).
+            newlines = chunk.count(b"\n")
+            if newlines == 2 or (newlines % 2 == 0 and chunk.count(b"\n\ndata: ") == newlines // 2 - 1):
+                if self._id is not None:
+                    self.last_event_id = self._id
+                if newlines == 2:
+                    return [chunk[6:-2].decode("utf-8", "replace")]
+                return chunk[6:-2].decode("utf-8", "replace").split("\n\ndata: ")
         lines = self._lines(chunk)
         out: list[str] = []
         data = self._data

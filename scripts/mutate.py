@@ -127,6 +127,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the SSE decoder cleans up the unfinished line it holds, dropping a UTF-8 character split across reads",
     ),
     Mutation(
+        "whole-chunks-keep-only-the-first",
+        "rocm_infer/client.py",
+        '            self._body(pieces[0] if len(pieces) == 1 else b"".join(pieces))\n',
+        "            self._body(pieces[0])\n",
+        ("tests/test_client.py::test_a_chunked_response_parses_alike_however_the_reads_cut_it",),
+        "a read of many whole chunks gives the body only the first: a reader that is behind loses events",
+    ),
+    Mutation(
+        "sse-many-events-split-on-blank-lines",
+        "rocm_infer/sse.py",
+        '                return chunk[6:-2].decode("utf-8", "replace").split("\\n\\ndata: ")\n',
+        '                return chunk[6:-2].decode("utf-8", "replace").split("\\n\\n")\n',
+        ("tests/test_sse.py::test_the_data_only_path_gives_the_same_data",),
+        "a chunk of several data events is split on its blank lines, keeping 'data: ' in every event but the first",
+    ),
+    Mutation(
         "sse-long-line-limit-per-read",
         "rocm_infer/sse.py",
         "                self._held_len += len(chunk)\n",

@@ -611,6 +611,33 @@ async def test_events_split_across_writes(fake: FakeServer, client: LlamaServerC
     assert events[-1]["stop"] is True
 
 
+def test_a_chunked_response_parses_alike_however_the_reads_cut_it() -> None:
+    # Whole chunks are framed by a fast path (many per read when the reader is behind); a chunk
+    # cut by a read, a size line with an extension or in upper case, and the last chunk and
+    # trailer go through the general parser. Every cut must give the same events.
+    events = [token(i) for i in range(4)] + [STOP]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events[:2])
+    body += b"%X;ext=1\r\n%s\r\n" % (len(events[2]), events[2])
+    body += b"".join(b"%X\r\n%s\r\n" % (len(e), e) for e in events[3:]) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    want = [e[6:-2].decode() for e in events]
+    loop = asyncio.new_event_loop()
+    try:
+        cuts = [(i,) for i in range(len(raw) + 1)] + [(i, j) for i in range(0, len(raw), 7) for j in range(i, len(raw))]
+        for cut in cuts:
+            decoded = client_module._Events("http://127.0.0.1:1/completion", "/completion", "stop")
+            response = client_module._Response(decoded, "http://127.0.0.1:1", set(), loop)
+            bounds = [0, *cut, len(raw)]
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                if b > a and not response.closed:
+                    response.data_received(raw[a:b])
+            assert response.status == 200
+            assert decoded.pending == want, f"cut at {cut}"
+            assert decoded.error is None
+    finally:
+        loop.close()
+
+
 async def test_plain_async_for_then_drop(fake: FakeServer, client: LlamaServerClient) -> None:
     fake.reply_stream([token(0), STOP])
     got: list[dict[str, Any]] = []

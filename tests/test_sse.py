@@ -98,6 +98,15 @@ CASES: list[tuple[str, bytes, list[ServerSentEvent]]] = [
             ev('{"content":"","stop":true,"timings":{}}'),
         ],
     ),
+    # Several one-line data events in one chunk: what a reader that is behind gets per read.
+    ("many events, one empty", b"data: 1\n\ndata: \n\ndata: 3\n\n", [ev("1"), ev(""), ev("3")]),
+    ("many events, one without the space", b"data: 1\n\ndata:2\n\ndata: 3\n\n", [ev("1"), ev("2"), ev("3")]),
+    ("many events, one of two lines", b"data: 1\n\ndata: 2\ndata: 3\n\n", [ev("1"), ev("2\n3")]),
+    ("many events, an extra blank line", b"data: 1\n\n\ndata: 2\n\n", [ev("1"), ev("2")]),
+    ("many events, a comment between", b"data: 1\n\n: data: x\n\ndata: 2\n\n", [ev("1"), ev("2")]),
+    ("many events, an id between", b"data: 1\n\nid: 4\ndata: 2\n\n", [ev("1"), ev("2", id="4")]),
+    ("many events, data inside a value", b"data: 1\n\ndata: a\n\ndata: b\n\n", [ev("1"), ev("a"), ev("b")]),
+    ("many events, invalid utf-8 at an end", b"data: \xe4\xb8\n\ndata: \xffb\n\n", [ev("\ufffd"), ev("\ufffdb")]),
     (
         "openai stream",
         b'data: {"choices":[]}\r\n\r\n: ping\r\n\r\ndata: [DONE]\r\n\r\n',
