@@ -27,6 +27,7 @@ retries, send it twice).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -81,8 +82,10 @@ class Contenders:
     BARE_NAMES = (
         "rocm_infer generate",
         "aiohttp /completion",
+        "aiohttp /completion + json.loads",
         "rocm_infer chat",
         "aiohttp /v1/chat/completions",
+        "aiohttp /v1/chat/completions + json.loads",
         "openai completions",
         "openai chat",
     )
@@ -133,6 +136,10 @@ class Contenders:
             "rocm_infer chat": self.bare_chat,
             "aiohttp /completion": self.bare_aiohttp,
             "aiohttp /v1/chat/completions": self.bare_aiohttp_chat,
+            "aiohttp /completion + json.loads": functools.partial(self.bare_aiohttp_decoding, "/completion"),
+            "aiohttp /v1/chat/completions + json.loads": functools.partial(
+                self.bare_aiohttp_decoding, "/v1/chat/completions"
+            ),
             "openai completions": self.bare_openai,
             "openai chat": self.bare_openai_chat,
         }[name]
@@ -273,6 +280,18 @@ class Contenders:
         async with self._aiohttp.post(url, json=self.chat_body(PROMPT, n)) as response:
             async for _ in response.content.iter_any():
                 pass
+
+    async def bare_aiohttp_decoding(self, path: str, n: int) -> None:
+        """The plain loop that also decodes what it reads: each event's JSON, as any client must."""
+        assert self._aiohttp is not None
+        body = self.body(PROMPT, n) if path == "/completion" else self.chat_body(PROMPT, n)
+        async with self._aiohttp.post(self.base_url + path, json=body) as response:
+            held = b""
+            async for chunk in response.content.iter_any():
+                *events, held = (held + chunk).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"data: {"):
+                        json.loads(event[6:])
 
     async def bare_openai(self, n: int) -> None:
         stream = await self._openai.completions.create(
