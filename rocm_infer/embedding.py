@@ -4,8 +4,10 @@ Both are :class:`~rocm_infer.lifecycle.ServerModel` subclasses: the same
 supervisor, restart policy, close(), ``async with``, reprs and unclosed
 warning. Many inputs are split into requests of ``batch_size`` that run
 concurrently across llama-server's slots and are put back in input order;
-cancelling the call cancels every request in flight (their connections are
-closed, and llama-server drops the work).
+cancelling the call cancels every request (their connections are closed and
+no further request is sent). llama-server finishes a request it has already
+begun, so cancellation takes effect within one request's time: smaller
+batches stop sooner.
 
 Made by :func:`rocm_infer.load_embedding_model` / :func:`rocm_infer.load_reranker`
 (which start llama-server with ``--embeddings`` / ``--rerank``) or

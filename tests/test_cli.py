@@ -60,9 +60,18 @@ def run_cli(
 @contextlib.contextmanager
 def started(*args: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
     """The installed command running in the background (pipes for stdout and stderr, no stdin
-    unless given); killed if it is still running on the way out, its pipes closed."""
+    unless given); killed if it is still running on the way out, its pipes closed.
+
+    Ctrl-C reaches it as from a terminal even where the suite itself was started in the
+    background of a shell, which makes its children ignore SIGINT (and so Python too)."""
     assert COMMAND is not None, "the rocm-infer console script is not installed next to this Python"
-    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "stdin": subprocess.DEVNULL, **popen}
+    popen = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "stdin": subprocess.DEVNULL,
+        "preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
+    }
     with subprocess.Popen([COMMAND, *args], **popen) as proc:
         try:
             yield proc
