@@ -29,7 +29,8 @@ and each figure is the median of the rounds.
 9. Chat streaming: ``chat`` against AsyncOpenAI and a plain aiohttp loop on
    ``/v1/chat/completions``, tokens/s paired per round, and client CPU per token.
 10. Client CPU per request and per token against the real server (``generate``,
-    ``chat``, the plain loop, AsyncOpenAI), and one event loop's ceiling: many
+    ``chat``, the plain loop, AsyncOpenAI), the same per token from the synthetic
+    source at a steady rate (``paced cpu``), and one event loop's ceiling: many
     streams at once from the synthetic source.
 11. Embeddings: texts/s through ``embed``, AsyncOpenAI and a plain loop, on a
     tiny BERT served by ``load_embedding_model``.
@@ -102,6 +103,11 @@ class Plan:
     cpu_requests: int = 200  # sequential 1-token requests per contender per round (measurement 10)
     cpu_stream_tokens: int = 512  # ... and the streams whose extra CPU over a 1-token request is per token
     cpu_long_streams: int = 2
+    # ... and the same per token from the synthetic source at a steady rate, one event per read
+    # for every client: a real server's rate moves by half from one request to the next.
+    paced_rate: float = 1000.0
+    paced_rounds: int = 9
+    paced_requests: int = 10  # 1-token requests per contender per round, subtracted from a stream
     ceiling_streams: int = 64
     ceiling_tokens: int = 512
     embed_texts: int = 1000
@@ -131,6 +137,8 @@ SMOKE = Plan(
     cpu_requests=5,
     cpu_stream_tokens=16,
     cpu_long_streams=1,
+    paced_rounds=1,
+    paced_requests=2,
     ceiling_streams=4,
     ceiling_tokens=16,
     embed_texts=40,
@@ -277,12 +285,17 @@ def _carries_token(event: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def sse_source(recording: dict[str, Any], workdir: Path) -> Any:
-    """The synthetic source, in its own process, replaying ``recording``."""
+async def sse_source(recording: dict[str, Any], workdir: Path, pace: float | None = None) -> Any:
+    """The synthetic source, in its own process, replaying ``recording`` (at ``pace`` tokens/s if given)."""
     path = workdir / "recording.json"
     path.write_text(json.dumps(recording))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "sse_source.py"), str(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        sys.executable,
+        str(HERE / "sse_source.py"),
+        str(path),
+        *(["--pace", str(pace)] if pace else []),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert process.stdout is not None and process.stdin is not None
     line = await asyncio.wait_for(process.stdout.readline(), 30)
@@ -906,6 +919,39 @@ async def client_cpu(contenders: Contenders, source_url: str, plan: Plan, result
     )
 
 
+async def paced_cpu(recording: dict[str, Any], workdir: Path, plan: Plan, results: Results) -> None:
+    """Client CPU per token with every client reading the same steady stream, one event per read."""
+    names = Contenders.BARE_NAMES
+    per_token: dict[str, list[float]] = {c: [] for c in names}
+    async with sse_source(recording, workdir, pace=plan.paced_rate) as paced_url, Contenders(paced_url) as paced:
+        for name in names:
+            await paced.bare(name)(8)
+        for order in rotations(names, plan.paced_rounds):
+            for name in order:
+                call = paced.bare(name)
+                gc.collect()
+                began = time.process_time()
+                for _ in range(plan.paced_requests):
+                    await call(1)
+                one = (time.process_time() - began) / plan.paced_requests
+                gc.collect()
+                began = time.process_time()
+                await call(plan.cpu_stream_tokens)
+                long = time.process_time() - began
+                per_token[name].append((long - one) / (plan.cpu_stream_tokens - 1) * 1e6)
+    what = f"per token at a steady {plan.paced_rate:,.0f} tok/s (synthetic source, one event a read)"
+    for name in names:
+        anchor = BARE_ANCHORS.get(name)
+        results.add(
+            "10. Client CPU",
+            f"{what}, {name}",
+            f"{median(per_token[name]):.1f} us",
+            f"{anchor} {median(per_token[anchor]):.1f} us" if anchor else "",
+            f"{paired(per_token, name, anchor):.3f}" if anchor else "",
+        )
+    _against_decoding(results, what, per_token, "us")
+
+
 # -- 11: embeddings ----------------------------------------------------------------------------------------------
 
 
@@ -1177,7 +1223,12 @@ def report(results: Results, info: dict[str, str], plan: Plan, seconds: float, i
         "   nothing. The goals are against the loop that does not parse; the rows *the loop that decodes*",
         "   pair rocm_infer with the same loop splitting the body into events and `json.loads`-ing each,",
         "   the least any client that reads the tokens must do (the synthetic source sends many events",
-        "   per read, so at the ceiling parsing is nearly all the work).",
+        "   per read, so at the ceiling parsing is nearly all the work). *Per token at a steady rate*: the",
+        f"   synthetic source writes each token event when it falls due at {plan.paced_rate:,.0f} tok/s, so every",
+        "   client reads the same pattern, one event per read, whatever a real server's rate does from one",
+        "   request to the next (it moves by half here); the same CPU per token, less 1-token requests,",
+        f"   over {plan.paced_rounds} rounds. Between reads the process sleeps, so each event's work runs",
+        "   on cold caches and costs several times what it costs in a tight loop.",
         "11. **Embeddings**: texts/s embedding the same texts (common words, one token each, plus `[CLS]`",
         "   and `[SEP]`) against one `load_embedding_model` server on a tiny BERT made in the run; the",
         f"   ratio is paired per round with the best of the other clients in that round ({plan.embed_rounds}",
@@ -1224,6 +1275,7 @@ async def run(
                         ("throughput", lambda: throughput(contenders, plan, results)),
                         ("chat streaming", lambda: chat_streaming(contenders, source_url, plan, results)),
                         ("client cpu", lambda: client_cpu(contenders, source_url, plan, results)),
+                        ("paced cpu", lambda: paced_cpu(recording, workdir, plan, results)),
                         ("cancel", lambda: cancel_latency(contenders, plan, results)),
                         ("concurrency", lambda: concurrency(contenders, plan, results)),
                         ("batch", lambda: batch(contenders, plan, results)),

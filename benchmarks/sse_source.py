@@ -1,6 +1,6 @@
 """A synthetic llama-server: replays recorded event streams as fast as the socket allows.
 
-    python benchmarks/sse_source.py RECORDING.json
+    python benchmarks/sse_source.py RECORDING.json [--pace TOKENS_PER_S]
 
 Prints ``port N`` on stdout once it listens on 127.0.0.1, then serves until
 stdin closes (so it never outlives the harness that started it). The
@@ -19,11 +19,18 @@ per chunk. A request whose JSON body has ``"hold": true`` gets its first
 event and then nothing more until the client goes away: that is how the
 harness keeps a thousand streams open at once.
 
+With ``--pace``, token events are written at that steady rate instead (the
+lead at once, then each token event when it falls due, the tail with the
+last): every client then reads the same pattern, about one event per read,
+however fast it is, which makes its CPU per token comparable round to round
+where a real server's rate is not.
+
 Like llama-server, the source answers with ``Connection: close``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -41,7 +48,8 @@ def _chunk(payload: bytes) -> bytes:
 class Source:
     """The routes of one recording, pre-encoded."""
 
-    def __init__(self, recording: dict[str, Any]) -> None:
+    def __init__(self, recording: dict[str, Any], pace: float | None = None) -> None:
+        self.pace = pace
         self.json_routes = {path: self._json_response(body) for path, body in recording["json"].items()}
         self.streams: dict[str, tuple[bytes, list[bytes], int, int]] = {}
         for path, stream in recording["streams"].items():
@@ -60,6 +68,27 @@ class Source:
         if not isinstance(wanted, int) or wanted < 1 or wanted >= tokens:
             return chunks
         return chunks[: lead + wanted] + chunks[len(chunks) - tail :]
+
+    async def _paced(self, writer: asyncio.StreamWriter, chunks: list[bytes], first: int, end: int) -> None:
+        """The lead at once, then token event ``i`` at ``i / pace`` seconds, the tail with the last."""
+        assert self.pace
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        writer.write(b"".join(chunks[:first]))
+        i = first
+        while i < end:
+            due = began + (i - first + 1) / self.pace
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = loop.time()
+            upto = min(end, first + int((now - began) * self.pace))
+            upto = max(upto, i + 1)
+            writer.write(b"".join(chunks[i:upto] if upto < end else chunks[i:]))
+            await writer.drain()
+            i = upto
+        if end <= first:
+            writer.write(b"".join(chunks[first:]))
 
     @staticmethod
     def _json_response(body: object) -> bytes:
@@ -92,10 +121,13 @@ class Source:
                     await writer.drain()
                     await reader.read()  # until the client goes away
                     return
-                for chunk in chunks:
-                    writer.write(chunk)
-                    if writer.transport.get_write_buffer_size() > 1 << 16:
-                        await writer.drain()
+                if self.pace:
+                    await self._paced(writer, chunks, lead, len(chunks) - tail)
+                else:
+                    for chunk in chunks:
+                        writer.write(chunk)
+                        if writer.transport.get_write_buffer_size() > 1 << 16:
+                            await writer.drain()
                 writer.write(_CLOSE)
             else:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -108,8 +140,8 @@ class Source:
                 await writer.wait_closed()
 
 
-async def serve(recording: dict[str, Any]) -> None:
-    source = Source(recording)
+async def serve(recording: dict[str, Any], pace: float | None) -> None:
+    source = Source(recording, pace)
     server = await asyncio.start_server(source.handle, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(f"port {port}", flush=True)
@@ -122,9 +154,13 @@ async def serve(recording: dict[str, Any]) -> None:
 def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a thousand held streams need the sockets
-    with open(sys.argv[1], encoding="utf-8") as f:
+    parser = argparse.ArgumentParser(description="A synthetic llama-server replaying a recording.")
+    parser.add_argument("recording")
+    parser.add_argument("--pace", type=float, help="write token events at this many per second")
+    args = parser.parse_args()
+    with open(args.recording, encoding="utf-8") as f:
         recording = json.load(f)
-    asyncio.run(serve(recording))
+    asyncio.run(serve(recording, args.pace))
 
 
 if __name__ == "__main__":

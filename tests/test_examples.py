@@ -87,6 +87,10 @@ def test_benchmark_harness_reports_every_measurement(tiny_model_path: Path, tmp_
         ),
         ("8. Memory", "RSS per open stream, 20 open, rocm_infer"),
         ("8. Memory", "import rocm_infer"),
+        *(
+            ("10. Client CPU", f"per token at a steady 1,000 tok/s (synthetic source, one event a read), {c}")
+            for c in ("rocm_infer generate", "rocm_infer chat", "aiohttp /completion", "openai chat")
+        ),
     ]
     for key in expected:
         assert key in rows, f"no row {key} in the report"
