@@ -844,47 +844,66 @@ def _against_decoding(results: Results, what: str, figures: dict[str, list[float
         )
 
 
-async def client_cpu(contenders: Contenders, source_url: str, plan: Plan, results: Results) -> None:
+async def cpu_rounds(
+    contenders: Contenders, rounds: int, requests: int, streams: int, tokens: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each bare contender's client CPU per request and per token (us), round by round in rotating
+    order: ``requests`` sequential 1-token requests, then ``streams`` streams of ``tokens``, whose
+    CPU less a 1-token request's over the extra tokens is the figure per token."""
     names = Contenders.BARE_NAMES
     per_request: dict[str, list[float]] = {c: [] for c in names}
     per_token: dict[str, list[float]] = {c: [] for c in names}
-    for name in names:
-        for _ in range(5):
-            await contenders.bare(name)(1)
-        await contenders.bare(name)(plan.cpu_stream_tokens)
-    for order in rotations(names, plan.rounds):
+    for order in rotations(names, rounds):
         for name in order:
             call = contenders.bare(name)
             gc.collect()
             began = time.process_time()
-            for _ in range(plan.cpu_requests):
+            for _ in range(requests):
                 await call(1)
-            one = (time.process_time() - began) / plan.cpu_requests
+            one = (time.process_time() - began) / requests
             gc.collect()
             began = time.process_time()
-            for _ in range(plan.cpu_long_streams):
-                await call(plan.cpu_stream_tokens)
-            long = (time.process_time() - began) / plan.cpu_long_streams
+            for _ in range(streams):
+                await call(tokens)
+            long = (time.process_time() - began) / streams
             per_request[name].append(one * 1e6)
-            per_token[name].append((long - one) / (plan.cpu_stream_tokens - 1) * 1e6)
-    for what, figures, unit in (
-        (f"per request ({plan.cpu_requests} sequential 1-token requests)", per_request, "us"),
-        (f"per token ({plan.cpu_stream_tokens}-token streams, less a 1-token request)", per_token, "us"),
-    ):
-        for name in names:
-            anchor = BARE_ANCHORS.get(name)
-            ratio = paired(figures, name, anchor) if anchor else None
-            mine = name.startswith("rocm_infer") and ratio is not None
-            results.add(
-                "10. Client CPU",
-                f"{what}, {name}",
-                f"{median(figures[name]):.1f} {unit}",
-                f"{anchor} {median(figures[anchor]):.1f} {unit}" if anchor else "",
-                "" if ratio is None else f"{ratio:.3f}",
-                "<= 1.00" if mine else "",
-                ratio <= 1.0 if mine and ratio is not None else None,
-            )
-        _against_decoding(results, what, figures, unit)
+            per_token[name].append((long - one) / (tokens - 1) * 1e6)
+    return per_request, per_token
+
+
+def cpu_rows(
+    results: Results, what: str, figures: dict[str, list[float]], *, goals: bool, unit: str = "us", places: int = 1
+) -> None:
+    """A row per bare contender, each paired with its plain-loop anchor, and the rows against the
+    loop that decodes; ``goals``: rocm_infer's rows carry the goal of measurement 10."""
+    for name in Contenders.BARE_NAMES:
+        anchor = BARE_ANCHORS.get(name)
+        ratio = paired(figures, name, anchor) if anchor else None
+        mine = goals and name.startswith("rocm_infer") and ratio is not None
+        results.add(
+            "10. Client CPU",
+            f"{what}, {name}",
+            f"{median(figures[name]):,.{places}f} {unit}",
+            f"{anchor} {median(figures[anchor]):,.{places}f} {unit}" if anchor else "",
+            "" if ratio is None else f"{ratio:.3f}",
+            "<= 1.00" if mine else "",
+            ratio <= 1.0 if mine and ratio is not None else None,
+        )
+    _against_decoding(results, what, figures, unit)
+
+
+async def client_cpu(contenders: Contenders, source_url: str, plan: Plan, results: Results) -> None:
+    names = Contenders.BARE_NAMES
+    for name in names:
+        for _ in range(5):
+            await contenders.bare(name)(1)
+        await contenders.bare(name)(plan.cpu_stream_tokens)
+    per_request, per_token = await cpu_rounds(
+        contenders, plan.rounds, plan.cpu_requests, plan.cpu_long_streams, plan.cpu_stream_tokens
+    )
+    cpu_rows(results, f"per request ({plan.cpu_requests} sequential 1-token requests)", per_request, goals=True)
+    what = f"per token ({plan.cpu_stream_tokens}-token streams, less a 1-token request)"
+    cpu_rows(results, what, per_token, goals=True)
     results.plots["client_cpu"] = (
         {c: median(per_request[c]) for c in names},
         {c: median(per_token[c]) for c in names},
@@ -901,55 +920,18 @@ async def client_cpu(contenders: Contenders, source_url: str, plan: Plan, result
                 began = time.perf_counter()
                 await asyncio.gather(*(call(plan.ceiling_tokens) for _ in range(plan.ceiling_streams)))
                 ceiling[name].append(plan.ceiling_streams * plan.ceiling_tokens / (time.perf_counter() - began))
-    for name in names:
-        anchor = BARE_ANCHORS.get(name)
-        results.add(
-            "10. Client CPU",
-            f"one event loop's ceiling, {plan.ceiling_streams} streams of {plan.ceiling_tokens} tokens "
-            f"(synthetic source), {name}",
-            f"{median(ceiling[name]):,.0f} tok/s",
-            f"{anchor} {median(ceiling[anchor]):,.0f} tok/s" if anchor else "",
-            f"{paired(ceiling, name, anchor):.3f}" if anchor else "",
-        )
-    _against_decoding(
-        results,
-        f"one event loop's ceiling, {plan.ceiling_streams} streams of {plan.ceiling_tokens} tokens (synthetic source)",
-        ceiling,
-        "tok/s",
-    )
+    what = f"one event loop's ceiling, {plan.ceiling_streams} streams of {plan.ceiling_tokens} tokens"
+    cpu_rows(results, f"{what} (synthetic source)", ceiling, goals=False, unit="tok/s", places=0)
 
 
 async def paced_cpu(recording: dict[str, Any], workdir: Path, plan: Plan, results: Results) -> None:
     """Client CPU per token with every client reading the same steady stream, one event per read."""
-    names = Contenders.BARE_NAMES
-    per_token: dict[str, list[float]] = {c: [] for c in names}
     async with sse_source(recording, workdir, pace=plan.paced_rate) as paced_url, Contenders(paced_url) as paced:
-        for name in names:
+        for name in Contenders.BARE_NAMES:
             await paced.bare(name)(8)
-        for order in rotations(names, plan.paced_rounds):
-            for name in order:
-                call = paced.bare(name)
-                gc.collect()
-                began = time.process_time()
-                for _ in range(plan.paced_requests):
-                    await call(1)
-                one = (time.process_time() - began) / plan.paced_requests
-                gc.collect()
-                began = time.process_time()
-                await call(plan.cpu_stream_tokens)
-                long = time.process_time() - began
-                per_token[name].append((long - one) / (plan.cpu_stream_tokens - 1) * 1e6)
+        _, per_token = await cpu_rounds(paced, plan.paced_rounds, plan.paced_requests, 1, plan.cpu_stream_tokens)
     what = f"per token at a steady {plan.paced_rate:,.0f} tok/s (synthetic source, one event a read)"
-    for name in names:
-        anchor = BARE_ANCHORS.get(name)
-        results.add(
-            "10. Client CPU",
-            f"{what}, {name}",
-            f"{median(per_token[name]):.1f} us",
-            f"{anchor} {median(per_token[anchor]):.1f} us" if anchor else "",
-            f"{paired(per_token, name, anchor):.3f}" if anchor else "",
-        )
-    _against_decoding(results, what, per_token, "us")
+    cpu_rows(results, what, per_token, goals=False)
 
 
 # -- 11: embeddings ----------------------------------------------------------------------------------------------
