@@ -43,6 +43,13 @@ def router_overhead(model: Path, smoke: bool) -> Rows:
             "met": f.met,
         }
         for f in figures
+    ] + [
+        {
+            "measurement": "12. Router overhead",
+            "what": f"{f.tokens} tokens, each request against its llama-server's own time (what the router adds)",
+            "figure": f"{f.server_ratio:.3f}",
+        }
+        for f in figures
     ]
 
 
