@@ -185,6 +185,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         "the chat adapter reads the wrong key: tool-call deltas are dropped",
     ),
+    Mutation(
+        "shortcut-token-keeps-held-text",
+        "rocm_infer/endpoints/chat.py",
+        "                if pending:\n                    self._release(out, token_id)\n                if text:\n",
+        "                if text:\n",
+        ("tests/test_endpoints.py::test_after_the_shortcut_held_text_and_stop_tokens_go_as_from_the_json_decoder",),
+        "a content token from the shortcut does not release the text held before it: reasoning is lost",
+    ),
+    Mutation(
+        "shortcut-token-ignores-stop-tokens",
+        "rocm_infer/endpoints/chat.py",
+        "                token_id, text = pair\n                if stop_tokens and token_id in stop_tokens:",
+        "                token_id, text = pair\n                if False:",
+        ("tests/test_endpoints.py::test_after_the_shortcut_held_text_and_stop_tokens_go_as_from_the_json_decoder",),
+        "a stop token in the common chunk is yielded and the chat goes on",
+    ),
     # -- streams: timeouts and retries -----------------------------------------------------------
     Mutation(
         "pings-do-not-keep-a-stream-alive",

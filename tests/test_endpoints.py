@@ -291,6 +291,24 @@ async def test_the_shortcut_gives_the_tokens_the_json_decoder_gives(text: str) -
     assert [(t.id, t.text) for t in by_shortcut] == [(i, t) for i, t in ((7, text), (8, text + "!")) if t]
 
 
+async def test_after_the_shortcut_held_text_and_stop_tokens_go_as_from_the_json_decoder() -> None:
+    # Text that came with no id (held for the next token's) is released with the shortcut's token;
+    # a stop token from the shortcut ends the chat before it is yielded, as a decoded one does.
+    held = {"choices": [{"finish_reason": None, "index": 0, "delta": {"reasoning_content": "hmm"}}]}
+    datas = [_chunk_data("a", 6), _chunk_data("b", 7), _chunk_data("c", 8)]
+    config = GenerateConfig(stop_tokens=frozenset({8}))
+    shortcut = ChatAdapter(config).shortcut()
+    assert shortcut is not None
+    results = []
+    for events in ([json.loads(data) for data in datas], [shortcut(data) for data in datas]):
+        adapter = ChatAdapter(config)
+        out: list[Token] = []
+        adapter.feed([held, *events], out)  # type: ignore[list-item]
+        results.append(([(t.id, t.text, t.kind) for t in out], adapter.ended, adapter.finish_reason(), adapter.text))
+    assert results[0] == results[1]
+    assert results[1] == ([(6, "hmm", "reasoning"), (6, "a", "content"), (7, "b", "content")], True, "stop", "ab")
+
+
 @pytest.mark.parametrize(
     "data",
     [

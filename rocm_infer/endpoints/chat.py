@@ -102,11 +102,17 @@ _CHUNK_TAIL = re.compile(
 )
 
 
+# The key of the event _token_chunk makes, holding a content token's (id, text), which feed reads
+# first: not a str, so no event the JSON decoder makes can have it.
+_TOKEN: Any = object()
+
+
 def _token_chunk(data: str) -> JSON | None:
-    """A content token's chunk as the fields :meth:`ChatAdapter.feed` reads, or None (see
-    :meth:`~rocm_infer.endpoints.base.EventAdapter.shortcut`). After the only choice come the
-    chunk's own fields; one that is not (usage, timings, an error) sends the chunk to the JSON
-    decoder. A key can be told from text by the colon after it: in a string a quote is escaped."""
+    """A content token's chunk as ``{_TOKEN: (id, text)}``, which :meth:`ChatAdapter.feed` reads
+    before anything else, or None (see :meth:`~rocm_infer.endpoints.base.EventAdapter.shortcut`).
+    After the only choice come the chunk's own fields; one that is not (usage, timings, an error)
+    sends the chunk to the JSON decoder. A key can be told from text by the colon after it: in a
+    string a quote is escaped."""
     if not data.startswith(_CHUNK_HEAD):
         return None
     try:
@@ -119,7 +125,7 @@ def _token_chunk(data: str) -> JSON | None:
     rest = data[match.end() :]
     if '"usage":' in rest or '"timings":' in rest or '"error":' in rest or '"choices":' in rest:
         return None
-    return {"choices": [{"delta": {"content": text}, "logprobs": {"content": [{"id": int(match[1])}]}}]}
+    return {_TOKEN: (int(match[1]), text)}
 
 
 class _CallParts:
@@ -151,6 +157,20 @@ class ChatAdapter(EventAdapter):
         pending = self._pending
         top = self._top
         for event in events:
+            pair = event.get(_TOKEN)
+            if pair is not None:  # the common chunk, from the shortcut: one content token
+                token_id, text = pair
+                if stop_tokens and token_id in stop_tokens:
+                    self.stop_type = "stop_token"
+                    self.ended = True
+                    return
+                if pending:
+                    self._release(out, token_id)
+                if text:
+                    out.append(Token(token_id, text))
+                    content.append(text)
+                    self.count += 1
+                continue
             if "usage" in event:
                 usage = event["usage"]
                 if isinstance(usage, dict):
