@@ -21,6 +21,10 @@ __all__ = ["Detokenize", "EventAdapter", "Shortcut", "sampling_body"]
 
 Detokenize = Callable[[list[int]], Awaitable[str]]
 
+# The key of the event a shortcut makes, holding one content token's (id, text), which an adapter's
+# feed reads first: not a str, so no event the JSON decoder makes can have it.
+TOKEN_EVENT: Any = object()
+
 # llama-server's stop_type (native API) and finish_reason (OpenAI API) to ours.
 STOP_TYPES: dict[object, FinishReason] = {
     "eos": "stop",
@@ -94,13 +98,15 @@ class EventAdapter:
         """A decoder for the event that carries one content token and nothing else, or None.
 
         It is handed each event's data before the JSON decoder is, and returns
-        that event with only the fields :meth:`feed` reads from it (None for
-        any other event, which is decoded as JSON). An event it accepts is
-        never an error and never the stream's terminator. Most of a stream's
-        events have this shape, and decoding all of their fields (a chat
-        chunk's model name, ids and token probabilities) costs more than the
-        rest of the client's work on a token. None where the settings make
-        :meth:`feed` read more (log-probabilities, stop tokens' timings).
+        ``{TOKEN_EVENT: (id, text)}`` for that event, which :meth:`feed` reads
+        before anything else (None for any other event, which is decoded as
+        JSON). An event it accepts is never an error and never the stream's
+        terminator. Most of a stream's events have this shape, and decoding
+        all of their fields (a chat chunk's model name, ids and token
+        probabilities) costs more than the rest of the client's work on a
+        token. None where the settings make :meth:`feed` read more
+        (log-probabilities), or where the JSON decoder is as quick (a
+        ``/completion`` event is small).
         """
         return None
 

@@ -27,7 +27,7 @@ from ..errors import ProtocolError
 from ..structured import OutputSchema
 from ..tools import Tool, tool_choice_body
 from ..types import Message, Token, TokenKind, TokenLogprob, ToolCall
-from .base import Detokenize, EventAdapter, Shortcut, _cut, logprobs_of, sampling_body
+from .base import TOKEN_EVENT, Detokenize, EventAdapter, Shortcut, _cut, logprobs_of, sampling_body
 
 __all__ = ["ChatAdapter", "Reasoning", "chat_body"]
 
@@ -102,13 +102,8 @@ _CHUNK_TAIL = re.compile(
 )
 
 
-# The key of the event _token_chunk makes, holding a content token's (id, text), which feed reads
-# first: not a str, so no event the JSON decoder makes can have it.
-_TOKEN: Any = object()
-
-
 def _token_chunk(data: str) -> JSON | None:
-    """A content token's chunk as ``{_TOKEN: (id, text)}``, which :meth:`ChatAdapter.feed` reads
+    """A content token's chunk as ``{TOKEN_EVENT: (id, text)}``, which :meth:`ChatAdapter.feed` reads
     before anything else, or None (see :meth:`~rocm_infer.endpoints.base.EventAdapter.shortcut`).
     After the only choice come the chunk's own fields; one that is not (usage, timings, an error)
     sends the chunk to the JSON decoder. A key can be told from text by the colon after it: in a
@@ -125,7 +120,7 @@ def _token_chunk(data: str) -> JSON | None:
     rest = data[match.end() :]
     if '"usage":' in rest or '"timings":' in rest or '"error":' in rest or '"choices":' in rest:
         return None
-    return {_TOKEN: (int(match[1]), text)}
+    return {TOKEN_EVENT: (int(match[1]), text)}
 
 
 class _CallParts:
@@ -157,7 +152,7 @@ class ChatAdapter(EventAdapter):
         pending = self._pending
         top = self._top
         for event in events:
-            pair = event.get(_TOKEN)
+            pair = event.get(TOKEN_EVENT)
             if pair is not None:  # the common chunk, from the shortcut: one content token
                 token_id, text = pair
                 if stop_tokens and token_id in stop_tokens:
