@@ -166,7 +166,7 @@ async def test_an_idle_model_is_unloaded_after_its_keep_alive(three: dict[str, P
         "c": rocm_infer.ModelSpec(str(three["c"]), SMALL),
     }
     async with ModelPool(specs, keep_alive=None) as p:
-        for name in "abc":
+        for name in "bca":  # a last: its keep_alive starts after the others have loaded
             await p.generate(name, "hi", max_tokens=2).collect()
         await asyncio.sleep(0.05)
         assert held(p) == {"a", "c"}  # keep_alive 0: gone when its last lease ended

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ async def test_a_stream_made_before_a_crash_restarts_the_server_itself(
         assert model.restarts == 1
 
 
+async def stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is stopped (SIGSTOP is delivered to each thread on its own)."""
+    deadline = time.monotonic() + 10
+    while any(
+        Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
+        for tid in os.listdir(f"/proc/{pid}/task")
+    ):
+        assert time.monotonic() < deadline, f"llama-server {pid} did not stop"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_request_the_server_dies_under_is_a_server_exited_error(
     tiny_model_path: Path, no_leaked_servers: None
 ) -> None:
@@ -74,6 +86,7 @@ async def test_a_request_the_server_dies_under_is_a_server_exited_error(
         assert model.server is not None and model.server.pid is not None
         pid = model.server.pid
         os.kill(pid, signal.SIGSTOP)  # the request is sent and waits for an answer
+        await stopped(pid)
         call = asyncio.create_task(model.tokenize("the cat sat on the mat"))
         await asyncio.sleep(0.2)
         assert not call.done()
