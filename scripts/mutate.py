@@ -201,6 +201,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_endpoints.py::test_after_the_shortcut_held_text_and_stop_tokens_go_as_from_the_json_decoder",),
         "a stop token in the common chunk is yielded and the chat goes on",
     ),
+    Mutation(
+        "token-batch-drops-kinds-and-logprobs",
+        "rocm_infer/integrations/ray.py",
+        "                extras = tuple((t.kind, t.logprob, t.top_logprobs) for t in tokens)\n",
+        "                pass\n",
+        ("tests/test_ray.py::test_a_token_batch_pickles_as_columns_and_comes_back_whole",),
+        "a handle stream's items lose their tokens' kinds and logprobs on the way to the caller",
+    ),
     # -- streams: timeouts and retries -----------------------------------------------------------
     Mutation(
         "pings-do-not-keep-a-stream-alive",

@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import asyncio  # noqa: E402
+import pickle  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
@@ -20,6 +21,7 @@ import warnings  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import openai  # noqa: E402
 import pytest  # noqa: E402
@@ -27,6 +29,7 @@ import pytest_asyncio  # noqa: E402
 from conftest import llama_server_pids  # noqa: E402
 
 import rocm_infer  # noqa: E402
+from rocm_infer.types import GenerateMetrics, Token, TokenLogprob, ToolCall  # noqa: E402
 
 with warnings.catch_warnings():
     # Ray Serve's own pydantic models use features pydantic has deprecated: Ray's to fix, not a failure here.
@@ -296,3 +299,30 @@ def test_build_app_checks_the_load_options_and_sets_gpus_and_autoscaling(tiny_mo
     }
     assert deployment._deployment_config.autoscaling_config.max_replicas == 4
     assert build_app(tiny_model_path, num_replicas=3)._bound_deployment.num_replicas == 3
+
+
+@pytest.mark.parametrize("pickler", ["pickle", "cloudpickle"])
+def test_a_token_batch_pickles_as_columns_and_comes_back_whole(pickler: str) -> None:
+    # Ray pickles every item of a handle stream with cloudpickle: TokenBatch takes itself apart
+    # into plain columns and rebuilds every Token, kinds and logprobs included.
+    module: Any = pickle if pickler == "pickle" else ray.cloudpickle
+    plain = TokenBatch((Token(1, "Once"), Token(2, " upon")), (0.01, 0.02), replica="r1")
+    mixed = TokenBatch(
+        (
+            Token(3, "hm", "reasoning"),
+            Token(4, " a", "content", -0.25, (TokenLogprob(4, " a", -0.25), TokenLogprob(5, " b", -1.5))),
+            Token(-1, '{"q": "x"}', "tool_call"),
+        ),
+        (0.1, 0.2, 0.3),
+        finish_reason="tool_calls",
+        metrics=GenerateMetrics(prompt_tokens=5, generated_tokens=3, decode_duration=0.01),
+        tool_calls=(ToolCall("call_1", "lookup", {"q": "x"}),),
+        replica="r2",
+    )
+    for batch in (plain, mixed, TokenBatch(())):
+        data = module.dumps(batch)
+        assert b"_token_batch" in data  # the columns, not a pickled Token per token
+        again = module.loads(data)
+        assert again == batch
+        assert [type(token) for token in again.tokens] == [Token] * len(batch.tokens)
+    assert [t.kind for t in module.loads(module.dumps(mixed)).tokens] == ["reasoning", "content", "tool_call"]
