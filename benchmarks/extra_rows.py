@@ -89,6 +89,8 @@ def ray_handle(model: Path, smoke: bool) -> Rows:
     median = statistics.median(ratios)
     direct = statistics.median(p.direct for p in pairs)
     handle = statistics.median(p.handle for p in pairs)
+    direct_cpu = statistics.fmean(p.direct_cpu_ms for p in pairs)
+    handle_cpu = statistics.fmean(p.handle_cpu_ms for p in pairs)
     return [
         {
             "measurement": "14. Ray Serve handle",
@@ -116,6 +118,14 @@ def ray_handle(model: Path, smoke: bool) -> Rows:
             "what": "control: a second direct model / the first, same rounds (how far the plain ratio strays)",
             "figure": f"{statistics.median(p.control_ratio for p in pairs):.3f}",
             "anchor": f"min {min(p.control_ratio for p in pairs):.3f}, max {max(p.control_ratio for p in pairs):.3f}",
+        },
+        {
+            "measurement": "14. Ray Serve handle",
+            "what": f"CPU per {tokens}-token stream: the replica's and the caller's / the caller's directly (mean)",
+            "figure": f"{handle_cpu:.1f} ms",
+            "anchor": f"directly {direct_cpu:.1f} ms; the replica's part "
+            f"{statistics.fmean(p.replica_cpu_ms for p in pairs):.1f} ms",
+            "ratio": f"{handle_cpu / direct_cpu:.2f}",
         },
         {
             "measurement": "14. Ray Serve handle",

@@ -22,8 +22,13 @@ its llama-server reports for the request (prefill + decode): what the path
 adds, exactly, but not what its CPU takes from the server. The *control* is
 a second direct model, loaded the same way and timed in the same rounds:
 direct/direct, whose median shows how far from 1.00 the plain ratio strays
-with nothing between the two. Prints every round, then the medians on the
-last line.
+with nothing between the two.
+
+The CPU each path spends per stream is the steadiest figure of all: for
+the handle, the replica's process (the parent of its llama-server) and this
+one; directly, this one. On 2 cores it is what a path takes from the
+llama-servers. Prints every round, then the medians (and the CPU means) on
+the last line.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Coroutine  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
 from _model import demo_model  # noqa: E402
@@ -67,6 +75,9 @@ class Pair:
     direct_server: float = 0.0  # llama-server's own prefill + decode time over the call's wall time
     handle_server: float = 0.0
     control: float = 0.0  # tokens/s of a second direct model in the same round (0: none)
+    direct_cpu_ms: float = 0.0  # this process's CPU for the direct stream
+    handle_cpu_ms: float = 0.0  # this process's and the replica's CPU for the handle stream
+    replica_cpu_ms: float = 0.0  # the replica's part of it
 
     @property
     def ratio(self) -> float:
@@ -101,6 +112,29 @@ class Rate:
     first_ms: float
     items: int
     server: float  # llama-server's prefill + decode time over the wall time from the call
+    cpu_ms: float = 0.0  # the CPU the path spent on it: this process's, and a replica's
+    replica_cpu_ms: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user + system CPU seconds process ``pid`` has used (Linux: /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+async def with_cpu(rate: Coroutine[Any, Any, Rate], replica: int | None = None) -> Rate:
+    """``rate`` with the CPU this process (and the ``replica`` process) spent while it ran."""
+    own, theirs = time.process_time(), cpu_seconds(replica) if replica else 0.0
+    result = await rate
+    replica_cpu = cpu_seconds(replica) - theirs if replica else 0.0
+    cpu = time.process_time() - own + replica_cpu
+    return dataclasses.replace(result, cpu_ms=cpu * 1000, replica_cpu_ms=replica_cpu * 1000)
 
 
 def _rate(
@@ -160,6 +194,9 @@ async def measure(
     settings = {"threads": threads, "context_len": tokens + 64, "parallel_slots": 1}
     app = build_app(model_path, name="bench", batch_interval=batch_interval, **settings)
     client = LlamaClient(serve.run(app, name="ray-handle-bench", route_prefix=None))
+    server_pid = (await client.status()).pid
+    assert server_pid is not None
+    replica = parent_pid(server_pid)  # the replica's process started its llama-server
     pairs: list[Pair] = []
     async with contextlib.AsyncExitStack() as models:
         direct_models = {
@@ -173,9 +210,9 @@ async def measure(
             rates: dict[str, Rate] = {}
             for path in order[shift:] + order[:shift]:
                 if path == "handle":
-                    rates[path] = await handle_rate(client, tokens)
+                    rates[path] = await with_cpu(handle_rate(client, tokens), replica)
                 else:
-                    rates[path] = await direct_rate(direct_models[path], tokens)
+                    rates[path] = await with_cpu(direct_rate(direct_models[path], tokens))
             direct, handle = rates["direct"], rates["handle"]
             if round_number >= WARMUP_ROUNDS:
                 pairs.append(
@@ -190,6 +227,9 @@ async def measure(
                         direct.server,
                         handle.server,
                         rates["control"].from_call if "control" in rates else 0.0,
+                        direct.cpu_ms,
+                        handle.cpu_ms,
+                        handle.replica_cpu_ms,
                     )
                 )
     serve.delete("ray-handle-bench")
@@ -226,7 +266,8 @@ def main() -> None:
             f"round {i:2d}: direct {pair.direct:7.0f} tokens/s, handle {pair.handle:7.0f} tokens/s "
             f"in {pair.items:3d} items, ratio {pair.ratio:.3f}; first token to last {pair.streaming_ratio:.3f}; "
             f"first token after {pair.direct_first_ms:.1f} / {pair.handle_first_ms:.1f} ms; "
-            f"against the server's own time {pair.server_ratio:.3f}"
+            f"against the server's own time {pair.server_ratio:.3f}; "
+            f"CPU {pair.direct_cpu_ms:.0f} / {pair.handle_cpu_ms:.0f} ms"
             + (f"; control (direct/direct) {pair.control_ratio:.3f}" if pair.control else "")
         )
     ratios = sorted(pair.ratio for pair in pairs)
@@ -243,6 +284,9 @@ def main() -> None:
             if pairs[0].control
             else ""
         )
+        + f"; CPU per stream (mean): directly {statistics.fmean(p.direct_cpu_ms for p in pairs):.1f} ms, "
+        f"through the handle {statistics.fmean(p.handle_cpu_ms for p in pairs):.1f} ms (the replica "
+        f"{statistics.fmean(p.replica_cpu_ms for p in pairs):.1f})"
     )
 
 

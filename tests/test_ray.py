@@ -166,7 +166,7 @@ async def test_a_handle_stream_says_what_generate_says_in_batches_of_several_tok
     last = batches[-1]
     assert last.done and last.finish_reason == "length" and not any(b.done for b in batches[:-1])
     assert last.metrics is not None and last.metrics.generated_tokens == 64
-    # Coalesced: a 20 ms interval puts every token that arrived meanwhile in one item.
+    # Coalesced: the 20 ms interval of these replicas puts every token that arrived meanwhile in one item.
     assert len(batches) <= 32, [len(b.tokens) for b in batches]
     arrived = [t for batch in batches for t in batch.arrived]
     assert len(arrived) == 64 and arrived == sorted(arrived) and arrived[0] > 0

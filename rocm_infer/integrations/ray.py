@@ -18,8 +18,9 @@
 * Through a ``DeploymentHandle``: ``generate`` and ``chat`` are streaming
   methods (``handle.options(stream=True)``) whose items are
   :class:`TokenBatch` values: every token that arrived since the item
-  before, so a stream carries the server's throughput even though each item
-  costs Ray Serve about half a millisecond. :class:`LlamaClient` calls them
+  before (at most one item per :data:`BATCH_INTERVAL`), so a stream carries
+  the server's throughput even though each item costs the replica and the
+  caller milliseconds of CPU. :class:`LlamaClient` calls them
   and retries a request that fails before its first token: it lands on
   another replica once Serve has taken a broken one out.
 * Over HTTP: every replica is also an OpenAI-compatible ingress (the routes
@@ -100,9 +101,12 @@ logger = logging.getLogger(__name__)
 # llama-server is noticed, and its replica replaced, this soon.
 HEALTH_CHECK_PERIOD = 2.0
 # Seconds between two items of a handle stream, at least (but the first and the last): tokens
-# that arrive meanwhile travel together. 5 ms kept 0.78 of direct generate's tokens/s here,
-# 10 ms 0.91, 20 ms 1.0 (benchmarks/ray_handle.py); a stream slower than 50 tokens/s is not delayed.
-BATCH_INTERVAL = 0.02
+# that arrive meanwhile travel together. Each item costs the replica and the caller together
+# 2-5 ms of CPU here, whatever it holds: a 512-token stream of the tiny model took 182 ms of CPU at
+# 20 ms, 139 ms at 50 ms, against 71 ms for direct generate (benchmarks/ray_handle.py), and on a
+# node whose cores llama-server needs, that CPU is taken from generation. Ray Serve's own LLM
+# deployments batch their streams every 50 ms too. A stream slower than 20 tokens/s is not delayed.
+BATCH_INTERVAL = 0.05
 # The niceness build_app gives replicas, and so their llama-servers: Ray runs its workers at 15,
 # where any other busy process on the node takes the CPU llama-server generates on.
 NICENESS = 0
@@ -251,8 +255,8 @@ async def _batches(stream: TokenStream, replica: str, interval: float) -> AsyncI
     A reader task drains the stream as fast as llama-server sends, and each
     item carries every token that gathered since the one before. Serve
     queues what a replica yields without waiting for the caller, so the
-    pacing has to be here: each item costs the caller and the replica about
-    half a millisecond of CPU whatever it holds, and one per token would
+    pacing has to be here: each item costs the caller and the replica
+    2-5 ms of CPU together whatever it holds, and one per token would
     cap a stream at Serve's item rate and take the cores llama-server needs.
     The first token goes at once (time to first token is unchanged), and
     the end of the stream is sent as soon as it arrives. Closing the
