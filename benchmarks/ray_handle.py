@@ -116,16 +116,20 @@ class Rate:
     replica_cpu_ms: float = 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """The user + system CPU seconds process ``pid`` has used (Linux: /proc/PID/stat)."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces): Linux only."""
     with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user + system CPU seconds process ``pid`` has used."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parent_pid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
 
 
 async def with_cpu(rate: Coroutine[Any, Any, Rate], replica: int | None = None) -> Rate:

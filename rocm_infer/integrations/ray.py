@@ -154,7 +154,7 @@ class TokenBatch:
         return (
             _token_batch,
             (
-                tuple(token.id for token in tokens),
+                self.ids,
                 tuple(token.text for token in tokens),
                 extras,
                 self.arrived,
