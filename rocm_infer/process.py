@@ -2,12 +2,14 @@
 
 :class:`ChildProcess` starts a binary with ``asyncio.create_subprocess_exec``
 (arguments as a list, never a shell; stdin closed; stdout and stderr merged
-into one pipe that :class:`~rocm_infer.output.OutputTail` drains until EOF),
-tracks it with :mod:`rocm_infer.reaper` from the moment it exists until it is
-reaped, and stops it: SIGTERM, a bounded wait, SIGKILL, reap, with the kill
-and the reap surviving cancellation (``terminate``), or synchronously where
-nothing can be awaited (``stop_now``). What makes a process *ready* (an HTTP
-health check, a TCP connect) is its owner's business.
+into one pipe that :class:`~rocm_infer.output.OutputTail` drains until EOF;
+in a session and process group of its own), tracks it with
+:mod:`rocm_infer.reaper` from the moment it exists until it is reaped, and
+stops it and whatever it started: SIGTERM to the group, a bounded wait,
+SIGKILL to the group, reap, with the kill and the reap surviving cancellation
+(``terminate``), or synchronously where nothing can be awaited (``stop_now``).
+What makes a process *ready* (an HTTP health check, a TCP connect) is its
+owner's business.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
@@ -74,21 +78,44 @@ class ChildProcess:
     async def spawn(
         self, binary: str, argv: Sequence[str], env: Mapping[str, str], preexec: Callable[[], None] | None
     ) -> int:
-        """Start ``binary`` with ``argv``; its pid. OSError if it cannot be run."""
-        self._process = await asyncio.create_subprocess_exec(
-            binary,
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=dict(env),
-            preexec_fn=preexec,
+        """Start ``binary`` with ``argv``; its pid. OSError if it cannot be run.
+
+        A cancellation that comes while asyncio connects the child's pipes waits
+        for the spawn to finish, so the process is ours (tracked, its output
+        drained) when the cancellation goes on and the owner stops it the usual
+        way, SIGTERM first. Cancelled in there, asyncio itself would SIGKILL the
+        child and then wait for its pipes to close, which a grandchild holding
+        them (a wrapper script that does not ``exec``) puts off for as long as
+        it lives.
+        """
+        spawning = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                binary,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=dict(env),
+                preexec_fn=preexec,
+                start_new_session=True,  # its own process group, for terminate() to signal
+            )
         )
-        pid = self._process.pid
+        try:
+            process = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+                self._watch(await spawning)
+            raise
+        return self._watch(process)
+
+    def _watch(self, process: asyncio.subprocess.Process) -> int:
+        """Track the started ``process``, drain its output and watch for its exit; its pid."""
+        self._process = process
+        pid = process.pid
         reaper.track(pid)
-        assert self._process.stdout is not None
-        self._drain_task = asyncio.create_task(self.output.drain(self._process.stdout, pid))
-        self._exit_task = asyncio.create_task(self._process.wait())
+        assert process.stdout is not None
+        self._drain_task = asyncio.create_task(self.output.drain(process.stdout, pid))
+        self._exit_task = asyncio.create_task(process.wait())
         self._exit_task.add_done_callback(self._exited)
         return pid
 
@@ -119,33 +146,54 @@ class ChildProcess:
 
     async def terminate(self, stop_timeout: float) -> None:
         """SIGTERM, up to ``stop_timeout`` seconds, SIGKILL, reap; the kill and the reap survive
-        cancellation (and a second one), and the output is read to its end."""
+        cancellation (and a second one), and the output is read to its end.
+
+        The signals go to the process's group (it leads one: see :meth:`spawn`), so what it
+        started goes too: a wrapper script's llama-server, or a grandchild that holds the
+        output pipe, which asyncio waits for before it calls the process ended.
+        """
         process = self._process
         if process is None:
             return
         try:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
+            if not self.exited:
+                self._signal(signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(process.wait(), stop_timeout)
+                    await asyncio.wait_for(self._exit(), stop_timeout)
                 except builtins.TimeoutError:
                     self._log.warning(
-                        "%s pid %d ignored SIGTERM for %gs; killing it", self.name, process.pid, stop_timeout
+                        "%s pid %d (or a process it started) ignored SIGTERM for %gs; killing it",
+                        self.name,
+                        process.pid,
+                        stop_timeout,
                     )
         finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
             with anyio.CancelScope(shield=True):
-                await process.wait()
+                if not self.exited:
+                    self._signal(signal.SIGKILL)
+                # The pipe reaches EOF once the group is gone; bound the wait for it in case a
+                # process that left the group keeps it open.
+                with anyio.move_on_after(_DRAIN_AFTER_EXIT):
+                    await self._exit()
+                if process.returncode is None:  # not even reaped yet: the SIGKILL is on its way
+                    await self._exit()
                 reaper.untrack(process.pid)
                 if self._drain_task is not None:
-                    # The pipe reaches EOF once the process is gone; bound it in case a
-                    # grandchild kept the pipe open.
                     with anyio.move_on_after(_DRAIN_AFTER_EXIT):
                         await asyncio.shield(self._drain_task)
                     self._drain_task.cancel()
+
+    async def _exit(self) -> int:
+        assert self._exit_task is not None
+        return await asyncio.shield(self._exit_task)
+
+    def _signal(self, signum: int) -> None:
+        """Send ``signum`` to the process's group. Called only before the exit is seen: the
+        process is unreaped, or something in its group still holds its pipe, so the group
+        id is still the process's own and cannot name anyone else's."""
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signum)
 
     @property
     def stoppable(self) -> bool:

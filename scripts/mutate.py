@@ -326,13 +326,29 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "stop-never-sigkills",
         "rocm_infer/process.py",
-        "                with contextlib.suppress(ProcessLookupError):\n                    process.kill()",
-        "                with contextlib.suppress(ProcessLookupError):\n                    process.terminate()",
+        "self._signal(signal.SIGKILL)",
+        "self._signal(signal.SIGTERM)",
         (
             "tests/test_server.py::test_sigterm_ignored_is_killed",
             "tests/test_server.py::test_cancel_stop_still_kills_and_reaps",
         ),
         "LlamaServer.stop() sends SIGTERM again where it should SIGKILL",
+    ),
+    Mutation(
+        "stop-signals-the-process-not-its-group",
+        "rocm_infer/process.py",
+        "os.killpg(self._process.pid, signum)",
+        "os.kill(self._process.pid, signum)",
+        ("tests/test_server.py::test_stopping_a_wrapper_script_stops_what_it_started",),
+        "stop() signals llama-server's process alone: what a wrapper script started outlives it, holding its pipe",
+    ),
+    Mutation(
+        "spawn-cancelled-inside-asyncio",
+        "rocm_infer/process.py",
+        "process = await asyncio.shield(spawning)",
+        "process = await spawning",
+        ("tests/test_server.py::test_a_spawn_cancelled_while_the_pipes_connect_is_stopped_not_left_hanging",),
+        "a start cancelled while asyncio connects the pipes is left to asyncio: SIGKILL, then a wait on the pipes",
     ),
     Mutation(
         "exit-hook-never-sigkills",

@@ -117,18 +117,15 @@ async def model(tiny_model_path: Path, no_leaked_servers: None) -> AsyncIterator
 # -- what a test's child interpreter runs to leave one safeguard alone on the job ------------------
 
 
-def patch_spawn(*, parent_death_signal: bool = True, own_process_group: bool = False) -> str:
+def patch_spawn(*, parent_death_signal: bool = True) -> str:
     """Python source for a test's child interpreter (a script, a Jupyter kernel) to run before it
     loads a model: the llama-servers it starts afterwards are spawned without the parent-death
     signal (PR_SET_PDEATHSIG) unless ``parent_death_signal``, so that the interpreter's death alone
-    no longer kills them, and with ``own_process_group`` in a process group of their own, out of
-    reach of whatever signals the interpreter's group (a Jupyter kernel that shuts down terminates
-    its group's processes itself; jupyter_client's "restart now" SIGKILLs the whole group).
+    no longer kills them.
 
     It replaces rocm_infer's preexec_fn factory: the one private name these tests use, kept here
     to be re-pointed in one place."""
     return f"""\
-import os as _os
 import rocm_infer.reaper as _reaper
 
 _die_with_parent = _reaper.die_with_parent
@@ -136,15 +133,7 @@ assert callable(_die_with_parent)
 
 
 def _spawn_hook():
-    parent_death = _die_with_parent() if {parent_death_signal!r} else None
-
-    def preexec():
-        if {own_process_group!r}:
-            _os.setpgid(0, 0)
-        if parent_death is not None:
-            parent_death()
-
-    return preexec
+    return _die_with_parent() if {parent_death_signal!r} else None
 
 
 _reaper.die_with_parent = _spawn_hook

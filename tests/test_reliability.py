@@ -312,17 +312,17 @@ def _gone_within(pid: int, seconds: float) -> bool:
 async def test_a_jupyter_kernel_restart_leaves_no_server(tiny_model_path: Path, now: bool) -> None:
     """A model loaded with top-level await and never closed; then the kernel restarts.
 
-    On its own, a kernel that shuts down terminates the processes of its process group, and
-    jupyter_client's "restart now" SIGKILLs that group: either would stop llama-server whatever
-    rocm_infer does. So the kernel starts llama-server in a process group of its own, and each
-    case leaves one safeguard alone on the job. A normal restart ends the kernel process
-    normally; its model is kept referenced for good and its server has no parent-death signal,
-    so neither a finalizer nor the kernel's death can stop the server: only the exit hook can.
+    A kernel that shuts down terminates the processes of its process group, and jupyter_client's
+    "restart now" SIGKILLs that group; but rocm_infer starts llama-server in a session (and so a
+    process group) of its own, out of their reach, and each case leaves one safeguard alone on
+    the job. A normal restart ends the kernel process normally; its model is kept referenced for
+    good and its server has no parent-death signal, so neither a finalizer nor the kernel's death
+    can stop the server: only the exit hook can.
     A restart with now=True SIGKILLs the kernel: no hook runs, only the parent-death signal can.
     """
     from jupyter_client.manager import AsyncKernelManager
 
-    spawn = patch_spawn(parent_death_signal=now, own_process_group=True)
+    spawn = patch_spawn(parent_death_signal=now)
     load = f"model = await rocm_infer.load_model({str(tiny_model_path)!r})\nprint(model.server.pid)\n"
     if not now:
         load += keep_forever("model") + "\n"
@@ -336,7 +336,7 @@ async def test_a_jupyter_kernel_restart_leaves_no_server(tiny_model_path: Path, 
         printed = await _kernel_output(client, spawn + "import rocm_infer\n" + load)
         pid = int(printed.split()[-1])
         assert not _gone_within(pid, 0.1)
-        assert os.getpgid(pid) == pid  # out of the kernel's process group
+        assert os.getpgid(pid) == pid  # out of the kernel's process group: rocm_infer's own
         await manager.restart_kernel(now=now)
         assert await asyncio.to_thread(_gone_within, pid, 5.0), f"llama-server {pid} outlived the kernel"
     finally:

@@ -30,6 +30,7 @@ from conftest import keep_forever, llama_server_pids, patch_spawn
 
 import rocm_infer.server as server_module
 from rocm_infer.errors import APIError, ServerStartError
+from rocm_infer.process import ChildProcess
 from rocm_infer.server import HOST, LlamaServer
 from rocm_infer.types import LoadProgress
 
@@ -629,6 +630,77 @@ async def test_cancel_stop_still_kills_and_reaps(tmp_path: Path) -> None:
     assert_gone(pid)
     assert server.client.closed
     assert await server.stop() == -signal.SIGKILL
+
+
+def assert_dead(pid: int) -> None:
+    """``pid`` has ended: gone, or a zombie its new parent has yet to reap (for an orphaned grandchild)."""
+    state = _proc_state(pid)
+    assert state in ("gone", "Z"), f"process {pid} is still running (state: {state})"
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that are still running (not ended, nor zombies)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _fork_a_grandchild() -> None:
+    """A preexec_fn: fork a process that sleeps for ten minutes holding the child's output pipe.
+    It exists before the spawn returns, and it is in the child's process group."""
+    if os.fork() == 0:
+        os.closerange(3, 1 << 16)  # all but the output pipe (the spawn waits for its exec pipe to close)
+        os.execv("/bin/sleep", ["sleep", "600"])
+
+
+async def test_a_spawn_cancelled_while_the_pipes_connect_is_stopped_not_left_hanging() -> None:
+    # Cancelled inside create_subprocess_exec, asyncio itself SIGKILLs the child and waits for its pipes,
+    # which the grandchild holds for ten minutes. ChildProcess lets the spawn finish instead.
+    child = ChildProcess("fake", 10, logging.getLogger("test"))
+    task = asyncio.create_task(child.spawn("/bin/sleep", ["600"], dict(os.environ), _fork_a_grandchild))
+    await asyncio.sleep(0)  # the spawn has begun
+    task.cancel()
+    async with asyncio.timeout(20):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert child.pid is not None and child.stoppable  # started, ours, and still running
+    pid = child.pid
+    async with asyncio.timeout(20):
+        await child.terminate(stop_timeout=5)
+    assert child.returncode == -signal.SIGTERM
+    assert_gone(pid)
+    assert running_in_group(pid) == []  # the grandchild went with it
+
+
+async def test_stopping_a_wrapper_script_stops_what_it_started(tmp_path: Path) -> None:
+    # A wrapper that runs the real program without exec: SIGTERM to the script alone would leave the
+    # program running, holding the output pipe (and asyncio waiting for it).
+    started = tmp_path / "started"
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {started}\nwait\n")
+    wrapper.chmod(0o755)
+    server = LlamaServer(str(wrapper), [], startup_timeout=60, stop_timeout=5)
+    task = asyncio.create_task(server.start())
+    for _ in range(1000):
+        if started.exists() and started.read_text().strip():
+            break
+        await asyncio.sleep(0.01)
+    program = int(started.read_text())
+    task.cancel()
+    async with asyncio.timeout(20):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert server.returncode == -signal.SIGTERM  # the script went at SIGTERM, not SIGKILL
+    assert_gone(server.pid)
+    assert_dead(program)
 
 
 async def test_async_with_stops_on_error(tmp_path: Path) -> None:
