@@ -66,12 +66,15 @@ async def models(path: Path, count: int, **options: Any) -> AsyncIterator[list[T
 async def test_a_killed_endpoint_fails_only_its_own_streams_and_is_readmitted_after_its_restart(
     tiny_model_path: Path,
 ) -> None:
-    async with models(tiny_model_path, 3, restart=True, parallel_slots=4, context_len=4096) as three:
+    # Streams long enough that none can end before the sixth has started, however busy the machine
+    # (1,000 tokens took 0.5 s, and one did end before the kill): each one must still be running then.
+    longer = {**LONG, "max_tokens": 4000}
+    async with models(tiny_model_path, 3, restart=True, parallel_slots=4, context_len=4 * 4096) as three:
         reference = await three[0].generate("once", **SHORT)
         router = Router(three, poll_interval=0.1, backoff=Backoff(first=1.5, cap=1.5))
         async with router:
             # Six long streams, each started before the next: least_loaded puts two on each server.
-            streams = [router.generate(f"story {n}", **LONG) for n in range(6)]
+            streams = [router.generate(f"story {n}", **longer) for n in range(6)]
             for stream in streams:
                 await anext(stream)
             assert [s.in_flight for s in router.endpoints()] == [2, 2, 2]
@@ -97,7 +100,7 @@ async def test_a_killed_endpoint_fails_only_its_own_streams_and_is_readmitted_af
             assert len(failed) == 2 and all(isinstance(e, ServerExitedError) for e in failed), failed
             done = [s for s in streams if s.error is None]
             assert len(done) == 4 and all(s.finish_reason == "length" for s in done)
-            assert all(s.metrics is not None and s.metrics.generated_tokens == 1000 for s in done)
+            assert all(s.metrics is not None and s.metrics.generated_tokens == 4000 for s in done)
             states = router.endpoints()
             assert [s.in_flight for s in states] == [0, 0, 0]
             assert states[0].served + states[2].served == 4 + 8 and states[1].served == 0
