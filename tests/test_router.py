@@ -274,13 +274,16 @@ async def test_every_endpoint_refusing_raises_the_last_ones_error(tiny_model_pat
 
 async def test_least_loaded_sees_other_clients_on_an_endpoint_through_its_slots(tiny_model_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(rocm_infer.load_model(tiny_model_path, threads=1, parallel_slots=2))
+        a = await stack.enter_async_context(
+            rocm_infer.load_model(tiny_model_path, threads=1, parallel_slots=2, context_len=2 * 4096)
+        )
         # b does not report its slots: the router goes by its own count there, and keeps it in.
         b = await stack.enter_async_context(
             rocm_infer.load_model(tiny_model_path, threads=1, parallel_slots=2, extra_args=("--no-slots",))
         )
         router = await stack.enter_async_context(Router([a, b], poll_interval=0.05))
-        direct = a.generate("story", **LONG)  # not through the router
+        # Not through the router, and long enough (a busy machine polls late) to be running when polled.
+        direct = a.generate("story", **{**LONG, "max_tokens": 4000})
         await anext(direct)
         await eventually(lambda: router.endpoints()[0].busy_elsewhere == 1, what="the /slots poll")
         state, other = router.endpoints()
