@@ -978,12 +978,11 @@ async def extra_scripts(plan: Plan, results: Results, smoke: bool) -> None:
         began = time.monotonic()
         process = await asyncio.create_subprocess_exec(*args, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await process.communicate()
-        lines = out.decode().strip().splitlines()
-        if process.returncode != 0 or not lines:
+        if process.returncode != 0 or not out.strip():
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             results.notes.append(f"benchmarks/{name}.py failed (exit {process.returncode}): {tail[0]}")
             continue
-        for row in json.loads(lines[-1]):
+        for row in json.loads(out):  # its stdout is the JSON and nothing else
             results.add(**{f.name: row[f.name] for f in dataclasses.fields(Row) if f.name in row})
         print(f"  {name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
 

@@ -4,8 +4,10 @@
 
 Runs the benchmark script ``NAME`` (one of :data:`ADAPTERS`, e.g.
 ``router_overhead``) through its own ``run()`` or ``measure()``, as its
-``main()`` would, and prints its figures as a JSON list of report rows on the
-last line of stdout (each an object with the fields of ``bench.Row``).
+``main()`` would, and prints its figures as a JSON list of report rows on
+stdout (each an object with the fields of ``bench.Row``), and nothing else:
+what the script and the libraries it runs print (Ray Serve's log lines) goes
+to stderr.
 ``bench.py`` runs this once per script that is there, each in a process of
 its own (Ray, for one, is best started and stopped in a process that does
 nothing else). A new script is wired in by adding an adapter here.
@@ -19,6 +21,7 @@ import importlib
 import json
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -218,8 +221,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a GGUF model (default: the tiny demo model)")
     parser.add_argument("--smoke", action="store_true", help="the script's smallest sizes")
     args = parser.parse_args()
+    # stdout carries the JSON alone: anything else written to it, by Python or by a child process
+    # (Ray's workers inherit the descriptor), goes to stderr.
+    sys.stdout.flush()
+    rows_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     rows = ADAPTERS[args.name](args.model or demo_model(), args.smoke)
-    print(json.dumps(rows))
+    rows_out.write(json.dumps(rows) + "\n")
+    rows_out.close()
 
 
 if __name__ == "__main__":
