@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from serve_in_process import serving
 
 import rocm_infer
+import rocm_infer.serving.router as router_module
 from rocm_infer import (
     APIConnectionError,
     Endpoint,
@@ -333,6 +334,39 @@ async def conversation_cache(router: Router, conversations: int, turns: int, tag
             cached[-1].append(reply.metrics.cached_tokens)
             history.append(reply.message)
     return cached
+
+
+async def test_only_a_policy_that_reads_prefixes_has_requests_hashed(
+    tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hashing a long conversation costs more than the rest of routing it: least_loaded and round_robin
+    # never read the prefixes, so a router with one of them computes none; any other policy gets them.
+    seen: list[tuple[int, ...]] = []
+
+    def first(states: Any, key: Any) -> Any:
+        seen.append(key.prefixes)
+        return states[0]
+
+    prompt = "word " * 60  # 300 characters: two blocks
+    conversation = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    async with models(tiny_model_path, 1) as (model,):
+        async with Router([model], first, poll_interval=30) as router:
+            await router.generate(prompt, **SHORT)
+            await router.chat(conversation + [{"role": "user", "content": "and?"}], **SHORT)
+        assert [len(prefixes) for prefixes in seen] == [2, 3]
+
+        hashed: list[str] = []
+        monkeypatch.setattr(router_module, "prompt_prefixes", lambda *a, **k: hashed.append("prompt") or (1,))
+        monkeypatch.setattr(router_module, "message_prefixes", lambda *a, **k: hashed.append("messages") or (1,))
+        for policy in ("least_loaded", "round_robin"):
+            async with Router([model], policy, poll_interval=30) as router:
+                assert len((await router.generate(prompt, **SHORT)).tokens) == 8
+                assert len((await router.chat(conversation + [{"role": "user", "content": "and?"}], **SHORT)).tokens)
+        assert hashed == []
+        async with Router([model], "prefix_affinity", poll_interval=30) as router:
+            await router.generate(prompt, **SHORT)
+            await router.chat(conversation, **SHORT)
+        assert hashed == ["prompt", "messages"]
 
 
 async def test_prefix_affinity_keeps_conversations_on_the_server_that_holds_them(tiny_model_path: Path) -> None:

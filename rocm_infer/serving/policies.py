@@ -29,6 +29,7 @@ from ..types import Message
 
 __all__ = [
     "POLICIES",
+    "PREFIX_FREE",
     "Backoff",
     "EndpointState",
     "Health",
@@ -147,6 +148,10 @@ def prefix_affinity(
             return holder
     return least_loaded(states, key)
 
+
+PREFIX_FREE: tuple[Policy, ...] = (least_loaded, round_robin)
+"""The built-in policies that never read a request's prefixes: a router with one of them hashes
+none (hashing a long conversation costs more than the rest of routing it)."""
 
 POLICIES: Mapping[str, Policy] = {
     "least_loaded": least_loaded,

@@ -61,6 +61,7 @@ from ..supervisor import ModelState, Supervisor
 from ..tools import Tool, ToolChoice, as_tools
 from ..types import FinishReason, GenerateMetrics, Message
 from .policies import (
+    PREFIX_FREE,
     Backoff,
     EndpointState,
     Health,
@@ -401,6 +402,8 @@ class Router:
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, not {type(backoff).__name__}")
         self._policy = resolve_policy(policy)
+        # A policy that reads no prefixes is never given any: generate and chat then hash nothing.
+        self._hashes = not any(self._policy is free for free in PREFIX_FREE)
         self._policy_name = policy if isinstance(policy, str) else getattr(policy, "__name__", repr(policy))
         self._members = members
         self._connect = connect
@@ -542,7 +545,7 @@ class Router:
         before it is started.
         """
         recipe = self._template(TextModel).generate(prompt, config, **options)
-        return self._routed(recipe, prompt_prefixes(prompt))
+        return self._routed(recipe, prompt_prefixes(prompt) if self._hashes else ())
 
     def chat(
         self,
@@ -564,6 +567,8 @@ class Router:
         if tools is not None and not isinstance(tools, str | Mapping) and not callable(tools):
             tool_list = list(tools)  # read twice: by the model's checks, then for the routing key
         recipe = self._template(TextModel).chat(listed, tool_list, tool_choice, reasoning, config, **options)
+        if not self._hashes:
+            return self._routed(recipe, ())
         # What the model checked: a list of messages, and tools that coerce (they precede them in the prompt).
         seed = json.dumps([t.to_openai() for t in as_tools(tool_list)], sort_keys=True) if tool_list else ""
         return self._routed(recipe, message_prefixes(cast(list[Message | Mapping[str, Any]], listed), seed=seed))
