@@ -33,7 +33,7 @@ Rows = list[dict[str, Any]]
 
 def router_overhead(model: Path, smoke: bool) -> Rows:
     module = importlib.import_module("router_overhead")
-    sizes, rounds = ((8,), 2) if smoke else ((512, 16), 20)
+    sizes, rounds = ((8,), 2) if smoke else ((512, 16), 60)
     figures = asyncio.run(module.run(model, sizes=sizes, rounds=rounds))
     return [
         {

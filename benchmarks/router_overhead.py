@@ -98,7 +98,7 @@ async def measure(model: rocm_infer.TextModel, router: rocm_infer.Router, tokens
     )
 
 
-async def run(model_path: Path, *, sizes: tuple[int, ...] = (512, 16), rounds: int = 20) -> list[Overhead]:
+async def run(model_path: Path, *, sizes: tuple[int, ...] = (512, 16), rounds: int = 60) -> list[Overhead]:
     """The overhead for each request size in ``sizes``, on one llama-server for ``model_path``."""
     async with rocm_infer.load_model(model_path, threads=1, parallel_slots=1) as model:
         async with rocm_infer.Router([model]) as router:
@@ -120,7 +120,7 @@ def report(figures: list[Overhead]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="GGUF model (default: the demo model)")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 16], help="request sizes")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness")
     args = parser.parse_args()
