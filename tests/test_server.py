@@ -107,12 +107,19 @@ def assert_gone(*pids: int | None) -> None:
         assert is_gone(pid), f"process {pid} is still there (state: {_proc_state(pid)})"
 
 
-def _proc_state(pid: int) -> str:
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first, then ppid, pgrp ...),
+    or None once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return "gone"
+        return None
+
+
+def _proc_state(pid: int) -> str:
+    fields = _stat_fields(pid)
+    return fields[0] if fields is not None else "gone"
 
 
 def assert_all_runs_gone(tmp_path: Path) -> None:
@@ -642,14 +649,9 @@ def running_in_group(pgid: int) -> list[int]:
     """The processes of group ``pgid`` that are still running (not ended, nor zombies)."""
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
     return found
 
 
